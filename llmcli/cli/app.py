@@ -1,0 +1,106 @@
+"""The ``llmcli`` Typer app: registers one module per command and turns errors into one line.
+
+Data flows one way: CLI (this package) → load (weights, tokenizer) → compute (model,
+generation, inspection) → render (rich or JSON).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from llmcli import __version__
+from llmcli.errors import LLMCLIError
+
+app = typer.Typer(
+    name="llmcli",
+    help="Load Llama-family safetensors models, stream generated text, and look inside "
+         "every step of next-token prediction.\n\nExample: llmcli generate \"ROMEO:\" -n 60",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_state = {"debug": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"llmcli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
+                                                    help="Print the version and exit.")] = None,
+) -> None:
+    _state["debug"] = debug or bool(os.environ.get("LLMCLI_DEBUG"))
+
+
+def _register() -> None:
+    # One module per command; each exposes register(app).
+    from llmcli.cli import generate, train  # noqa: F401  (imports are cheap: no torch)
+
+    generate.register(app)
+    train.register(app)
+    for name in ("inspect", "convert"):
+        try:
+            module = __import__(f"llmcli.cli.{name}", fromlist=["register"])
+        except ModuleNotFoundError as exc:
+            if exc.name != f"llmcli.cli.{name}":
+                raise
+            continue
+        module.register(app)
+
+
+_register()
+
+
+def main() -> None:
+    """Console-script entry point: run the app, mapping errors to one-line messages.
+
+    Exit codes: 0 success, 1 error (bad file, model, ...), 2 usage error, 130 interrupted.
+    """
+    debug = "--debug" in sys.argv or bool(os.environ.get("LLMCLI_DEBUG"))
+    try:
+        app()
+    except LLMCLIError as exc:
+        if debug:
+            raise
+        _stderr_line(f"error: {exc}")
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        _stderr_line("")
+        sys.exit(130)
+    except BrokenPipeError:
+        _quiet_broken_pipe()
+    except Exception as exc:  # unexpected: still one line unless --debug
+        if debug:
+            raise
+        _stderr_line(f"error: {type(exc).__name__}: {exc} (run with --debug for a traceback)")
+        sys.exit(1)
+
+
+def _stderr_line(text: str) -> None:
+    try:
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+    except Exception:
+        pass
+
+
+def _quiet_broken_pipe() -> None:
+    # Python flushes stdout at exit; point it at devnull so that flush cannot fail again.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except Exception:
+        pass
+    sys.exit(0)

@@ -1,0 +1,126 @@
+"""Helpers shared by the command modules: model options, prompt input, consoles."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from llmcli.errors import LLMCLIError, UsageError
+
+ModelOpt = Annotated[Optional[Path], typer.Option(
+    "-m", "--model", help="Model directory (HF layout). Default: $LLMCLI_MODEL, else the bundled model.",
+    show_default=False)]
+DtypeOpt = Annotated[str, typer.Option(
+    "--dtype", help="Compute dtype: auto|float32|bfloat16|float16 (auto = float32 on CPU).")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or mps (when torch has them).")]
+ThreadsOpt = Annotated[Optional[int], typer.Option(
+    "--threads", help="CPU threads for torch (default: 1, which does not collapse on a busy machine).",
+    show_default=False)]
+
+
+def resolve_model_dir(model: Path | None) -> Path:
+    """``-m`` if given, else ``$LLMCLI_MODEL``, else the bundled default model."""
+    from llmcli.paths import default_model_dir
+
+    if model is not None:
+        return model
+    env = os.environ.get("LLMCLI_MODEL")
+    if env:
+        return Path(env)
+    return default_model_dir()
+
+
+def read_prompt(prompt: str | None, allow_empty: bool = False) -> str:
+    """The prompt text: the argument, stdin when the argument is ``-`` or absent and stdin is
+    not a terminal, or both joined with a newline (argument first) when both are given.
+
+    Never waits on a terminal's stdin.
+
+    Raises:
+        UsageError: no prompt at all (argument absent and stdin is a terminal).
+    """
+    stdin_text = None
+    stdin_piped = not _stdin_is_tty()
+    if prompt == "-" or (prompt is None and stdin_piped):
+        stdin_text = sys.stdin.read() if stdin_piped else ""
+        return stdin_text
+    if prompt is None:
+        if allow_empty:
+            return ""
+        raise UsageError("PROMPT: missing (give it as an argument, or pipe text on stdin)")
+    if stdin_piped and os.environ.get("LLMCLI_JOIN_STDIN", "1") != "0":
+        try:
+            if not sys.stdin.closed and _stdin_has_data():
+                stdin_text = sys.stdin.read()
+        except (OSError, ValueError):
+            stdin_text = None
+    if stdin_text:
+        return prompt + "\n" + stdin_text
+    return prompt
+
+
+def _stdin_is_tty() -> bool:
+    try:
+        return sys.stdin is None or sys.stdin.isatty()
+    except (ValueError, AttributeError):
+        return True
+
+
+def _stdin_has_data() -> bool:
+    """True if stdin is a file or a pipe with data (or EOF) ready, without blocking long."""
+    import select
+    import stat
+
+    try:
+        mode = os.fstat(sys.stdin.fileno()).st_mode
+    except (OSError, ValueError):
+        return False
+    if stat.S_ISREG(mode):
+        return True
+    if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+        ready, _, _ = select.select([sys.stdin], [], [], 0.05)
+        return bool(ready)
+    return False
+
+
+def set_threads(threads: int | None) -> int:
+    """Set torch's intra-op threads (default 1; see the benchmark notes in the README)."""
+    import torch
+
+    n = 1 if threads is None else threads
+    if n < 1:
+        raise UsageError(f"--threads: must be at least 1, got {n}")
+    torch.set_num_threads(n)
+    return n
+
+
+def stderr_console():
+    """A rich Console on stderr (respects NO_COLOR and non-terminals)."""
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def stdout_console():
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+def check_range(name: str, value, lo=None, hi=None, lo_open=False, hi_open=False) -> None:
+    """Raise :class:`UsageError` naming option ``name`` if ``value`` is outside the range."""
+    if value is None:
+        return
+    bad = ((lo is not None and (value <= lo if lo_open else value < lo))
+           or (hi is not None and (value >= hi if hi_open else value > hi)))
+    if bad:
+        lo_s = "" if lo is None else ("(" if lo_open else "[") + str(lo)
+        hi_s = "" if hi is None else str(hi) + (")" if hi_open else "]")
+        raise UsageError(f"{name}: {value} is out of range {lo_s}, {hi_s}".replace(" , ", ", "))
+
+
+__all__ = ["LLMCLIError", "UsageError", "resolve_model_dir", "read_prompt", "set_threads"]

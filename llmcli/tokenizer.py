@@ -1,0 +1,138 @@
+"""A thin layer over sentencepiece: encode with BOS, decode, and streaming decode.
+
+This module imports sentencepiece only (never torch), so ``llmcli tokenize`` starts fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmcli.errors import LLMCLIError
+
+REPLACEMENT_CHAR = "\ufffd"
+
+
+class Tokenizer:
+    """A sentencepiece model (``tokenizer.model``) as the model expects to be fed.
+
+    Text is always text: ``<s>`` typed in a prompt is encoded as the characters ``<``, ``s``,
+    ``>``, never as the control token (sentencepiece only matches user-defined symbols in text).
+
+    Raises:
+        LLMCLIError: the file is missing or is not a sentencepiece model.
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        import sentencepiece as spm
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise LLMCLIError(f"{self.path}: tokenizer.model not found")
+        self.sp = spm.SentencePieceProcessor()
+        try:
+            self.sp.LoadFromSerializedProto(self.path.read_bytes())
+        except (RuntimeError, OSError) as exc:
+            raise LLMCLIError(f"{self.path}: not a sentencepiece model ({exc})") from None
+        self.bos_id: int = self.sp.bos_id()
+        self.eos_id: int = self.sp.eos_id()
+        self.unk_id: int = self.sp.unk_id()
+        self.vocab_size: int = self.sp.get_piece_size()
+
+    def encode(self, text: str, add_bos: bool = True) -> list[int]:
+        """Token ids of ``text``, preceded by one BOS id when ``add_bos`` (and the model has one)."""
+        ids = self.sp.encode(text)
+        if add_bos and self.bos_id >= 0:
+            ids = [self.bos_id] + ids
+        return ids
+
+    def decode(self, ids: list[int]) -> str:
+        """Text of ``ids`` (control tokens such as BOS/EOS decode to nothing).
+
+        Raises:
+            LLMCLIError: an id is outside ``[0, vocab_size)``.
+        """
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise LLMCLIError(f"token id {bad[0]} is outside the vocabulary (0..{self.vocab_size - 1})")
+        return self.sp.decode(list(ids))
+
+    def piece(self, token_id: int) -> str:
+        """The vocabulary piece of ``token_id``, e.g. ``'▁the'`` or ``'<0x0A>'``."""
+        return self.sp.id_to_piece(token_id)
+
+    def is_byte(self, token_id: int) -> bool:
+        return self.sp.is_byte(token_id)
+
+    def is_control(self, token_id: int) -> bool:
+        return self.sp.is_control(token_id)
+
+    def is_unknown(self, token_id: int) -> bool:
+        return self.sp.is_unknown(token_id)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The exact bytes a token stands for (``▁`` → space; ``<0xNN>`` → that byte;
+        control tokens → ``b""``)."""
+        if self.sp.is_control(token_id):
+            return b""
+        piece = self.sp.id_to_piece(token_id)
+        if self.sp.is_byte(token_id):
+            return bytes([int(piece[3:5], 16)])
+        if self.sp.is_unknown(token_id):
+            return b""
+        return piece.replace("\u2581", " ").encode("utf-8")
+
+    def stream(self) -> "StreamDecoder":
+        """A new :class:`StreamDecoder` for this tokenizer."""
+        return StreamDecoder(self)
+
+
+@dataclass
+class StreamDecoder:
+    """Turns token ids, fed one at a time, into text chunks for streaming output.
+
+    The concatenation of every chunk returned by :meth:`push` and :meth:`flush` equals
+    ``tokenizer.decode(all_ids)`` exactly: leading ``▁`` spaces are kept (and the one after
+    BOS dropped exactly as sentencepiece does), and byte-fallback pieces that do not yet
+    form a whole UTF-8 character are held back until they do.
+
+    Method: decode the whole id list with sentencepiece at each step and emit the new suffix,
+    holding back a trailing U+FFFD while the last pieces are bytes (an incomplete character).
+    """
+
+    tokenizer: Tokenizer
+    ids: list[int] = None  # type: ignore[assignment]
+    emitted: str = ""
+    prefix_ids: int = 0
+
+    def __post_init__(self) -> None:
+        self.ids = []
+
+    def prime(self, ids: list[int]) -> None:
+        """Feed ids whose text is not to be emitted (e.g. the prompt); later chunks continue it."""
+        self.ids.extend(ids)
+        self.emitted = self.tokenizer.decode(self.ids)
+
+    def push(self, token_id: int) -> str:
+        """Add one id; return the text that is now complete (possibly ``""``)."""
+        self.ids.append(token_id)
+        text = self.tokenizer.decode(self.ids)
+        held = 0
+        while (held < 4 and len(text) > held and text[len(text) - 1 - held] == REPLACEMENT_CHAR
+               and self.tokenizer.is_byte(self.ids[len(self.ids) - 1 - held])):
+            held += 1
+        if held:
+            text = text[:len(text) - held]
+        return self._emit(text)
+
+    def flush(self) -> str:
+        """Everything not yet emitted (call once at the end)."""
+        return self._emit(self.tokenizer.decode(self.ids))
+
+    def _emit(self, text: str) -> str:
+        if not text.startswith(self.emitted):
+            # sentencepiece changed earlier text (should not happen); emit nothing until the end
+            return ""
+        chunk = text[len(self.emitted):]
+        self.emitted = text
+        return chunk

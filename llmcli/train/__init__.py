@@ -1,0 +1,1 @@
+"""Training a small Llama from text files (``llmcli train``): data, tokenizer, loop."""

@@ -1,0 +1,260 @@
+"""Loading and saving model directories in the Hugging Face layout.
+
+A model directory holds ``config.json``, weights in ``model.safetensors`` or in shards listed by
+``model.safetensors.index.json``, ``tokenizer.model`` (sentencepiece) and optionally
+``generation_config.json``. Weights are read with the ``safetensors`` library (memory-mapped,
+never unpickled).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from llmcli.errors import LLMCLIError, UsageError
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+_LFS_MAGIC = b"version https://git-lfs"
+
+
+def weight_files(model_dir: Path) -> list[Path]:
+    """The safetensors files of ``model_dir``: one file, or the shards named by the index.
+
+    Raises:
+        LLMCLIError: no weights, a pickled checkpoint only, or a bad/incomplete index.
+    """
+    single = model_dir / "model.safetensors"
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            raise LLMCLIError(f"{index}: not a valid safetensors index ({exc})") from None
+        files = []
+        for name in dict.fromkeys(weight_map.values()):
+            shard = model_dir / name
+            if not shard.is_file():
+                raise LLMCLIError(f"{shard}: shard listed in {index.name} is missing")
+            files.append(shard)
+        return files
+    if single.is_file():
+        return [single]
+    pickled = [p.name for p in model_dir.glob("*.bin")] + [p.name for p in model_dir.glob("*.pt*")]
+    if pickled:
+        raise LLMCLIError(f"{model_dir}: only pickled weights ({', '.join(sorted(pickled))}); "
+                          "llmcli reads safetensors only (never unpickles); convert them first")
+    raise LLMCLIError(f"{model_dir}: no model.safetensors or model.safetensors.index.json")
+
+
+def _check_safetensors_file(path: Path) -> None:
+    """Reject Git LFS pointers and files that are not safetensors, with a clear message."""
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        head = fh.read(64)
+    if head.startswith(_LFS_MAGIC):
+        raise LLMCLIError(f"{path}: is a Git LFS pointer, not the weights "
+                          "(run `git lfs pull` in the model's repository)")
+    if size < 8:
+        raise LLMCLIError(f"{path}: truncated ({size} bytes), not a safetensors file")
+    header_len = int.from_bytes(head[:8], "little")
+    if header_len <= 0 or 8 + header_len > size or not head[8:9] == b"{":
+        raise LLMCLIError(f"{path}: not a safetensors file (bad header)")
+
+
+def read_tensors(files: list[Path]) -> dict[str, Any]:
+    """Memory-map every tensor of ``files`` → ``{name: torch.Tensor}`` (storage dtype).
+
+    Raises:
+        LLMCLIError: a file is corrupt, truncated or not safetensors; a tensor is duplicated.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    tensors: dict[str, Any] = {}
+    for path in files:
+        _check_safetensors_file(path)
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                for name in fh.keys():
+                    if name in tensors:
+                        raise LLMCLIError(f"{path}: tensor {name} appears in more than one shard")
+                    tensors[name] = fh.get_tensor(name)
+        except SafetensorError as exc:
+            raise LLMCLIError(f"{path}: corrupt or truncated safetensors file ({exc})") from None
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise LLMCLIError(f"{path}: cannot read safetensors file ({exc})") from None
+    return tensors
+
+
+def expected_shapes(config) -> dict[str, tuple[int, ...]]:
+    """Every tensor name the Llama model needs → its shape (Hugging Face names)."""
+    D, V, Fi = config.hidden_size, config.vocab_size, config.intermediate_size
+    H, K, Dh = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (V, D), "model.norm.weight": (D,)}
+    if not config.tie_word_embeddings:
+        shapes["lm_head.weight"] = (V, D)
+    for i in range(config.num_hidden_layers):
+        p = f"model.layers.{i}."
+        shapes[p + "self_attn.q_proj.weight"] = (H * Dh, D)
+        shapes[p + "self_attn.k_proj.weight"] = (K * Dh, D)
+        shapes[p + "self_attn.v_proj.weight"] = (K * Dh, D)
+        shapes[p + "self_attn.o_proj.weight"] = (D, H * Dh)
+        if config.attention_bias:
+            shapes[p + "self_attn.q_proj.bias"] = (H * Dh,)
+            shapes[p + "self_attn.k_proj.bias"] = (K * Dh,)
+            shapes[p + "self_attn.v_proj.bias"] = (K * Dh,)
+            shapes[p + "self_attn.o_proj.bias"] = (D,)
+        shapes[p + "mlp.gate_proj.weight"] = (Fi, D)
+        shapes[p + "mlp.up_proj.weight"] = (Fi, D)
+        shapes[p + "mlp.down_proj.weight"] = (D, Fi)
+        if config.mlp_bias:
+            shapes[p + "mlp.gate_proj.bias"] = (Fi,)
+            shapes[p + "mlp.up_proj.bias"] = (Fi,)
+            shapes[p + "mlp.down_proj.bias"] = (D,)
+        shapes[p + "input_layernorm.weight"] = (D,)
+        shapes[p + "post_attention_layernorm.weight"] = (D,)
+    return shapes
+
+
+#: Tensors some exporters write that carry no information for inference.
+_IGNORABLE_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+def resolve_dtype(dtype: str, device: str, storage_dtype) -> Any:
+    """The torch dtype to compute in.
+
+    ``auto`` picks float32 on CPU whatever the storage dtype: CPU matmuls in float16 are slow
+    or unsupported and bfloat16 ones are slower than float32 on most CPUs, and float32 gives
+    results closest to the reference. On CUDA/MPS ``auto`` keeps the checkpoint's dtype.
+
+    Raises:
+        UsageError: an unknown dtype name.
+    """
+    import torch
+
+    if dtype not in DTYPES:
+        raise UsageError(f"--dtype: {dtype!r} is not one of {', '.join(DTYPES)}")
+    if dtype == "auto":
+        return torch.float32 if device == "cpu" else storage_dtype
+    return getattr(torch, dtype)
+
+
+def load_model(model_dir: Path | str, dtype: str = "auto", device: str = "cpu",
+               warn=None):
+    """Load a Llama-family model directory → ``(model, config)`` in eval mode.
+
+    ``warn`` (callable taking one string) receives notices such as unknown extra tensors.
+
+    Raises:
+        LLMCLIError: missing directory/config/weights, unsupported architecture, a tensor
+            missing or of the wrong shape (named), or a corrupt weights file.
+        UsageError: a bad ``dtype`` or unavailable ``device``.
+    """
+    import torch
+
+    from llmcli.config import LlamaConfig
+    from llmcli.model import LlamaForCausalLM, rope_inv_freq
+
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise LLMCLIError(f"{model_dir}: no such model directory")
+    config = LlamaConfig.from_file(model_dir / "config.json")
+    tensors = read_tensors(weight_files(model_dir))
+    shapes = expected_shapes(config)
+
+    if config.tie_word_embeddings:
+        tensors.pop("lm_head.weight", None)  # a tied checkpoint may ship a copy; the tie wins
+    for name, shape in shapes.items():
+        if name not in tensors:
+            raise LLMCLIError(f"{model_dir}: tensor {name} {list(shape)} is missing from the weights")
+        if tuple(tensors[name].shape) != shape:
+            raise LLMCLIError(f"{model_dir}: tensor {name} has shape {list(tensors[name].shape)}, "
+                              f"expected {list(shape)} from config.json")
+    extra = sorted(n for n in tensors if n not in shapes and not n.endswith(_IGNORABLE_SUFFIXES))
+    if extra and warn is not None:
+        more = f" (+{len(extra) - 5} more)" if len(extra) > 5 else ""
+        warn(f"{model_dir}: ignoring {len(extra)} unknown tensor(s): {', '.join(extra[:5])}{more}")
+
+    storage = tensors["model.embed_tokens.weight"].dtype
+    torch_dtype = resolve_dtype(dtype, device, storage)
+    _check_device(device)
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    state = {name: tensors[name].to(device=device, dtype=torch_dtype) for name in shapes}
+    if config.tie_word_embeddings:
+        state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    model.load_state_dict(state, strict=True, assign=True)
+    if config.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    model.inv_freq = rope_inv_freq(config).to(device)
+    model.eval()
+    return model, config
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    kind = device.split(":")[0]
+    if kind == "cpu":
+        return
+    if kind == "cuda" and torch.cuda.is_available():
+        return
+    if kind == "mps" and getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return
+    raise UsageError(f"--device: {device!r} is not available here (torch sees: cpu"
+                     + (", cuda" if torch.cuda.is_available() else "") + ")")
+
+
+def save_model(model, config, out_dir: Path | str, tokenizer_model: Path | None = None,
+               dtype=None, extra_files: dict[str, str] | None = None) -> Path:
+    """Write ``model`` as an HF-layout directory, atomically (temp dir, then rename).
+
+    Writes ``config.json``, ``model.safetensors`` (without ``lm_head.weight`` when tied, as
+    transformers does), ``generation_config.json``, a copy of ``tokenizer_model`` and any
+    ``extra_files`` ({name: text}). An existing ``out_dir`` is replaced.
+
+    Returns the directory path.
+    """
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        state = {}
+        for name, tensor in model.state_dict().items():
+            if config.tie_word_embeddings and name == "lm_head.weight":
+                continue
+            t = tensor.detach().to("cpu")
+            if dtype is not None:
+                t = t.to(dtype)
+            state[name] = t.contiguous().clone()
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        cfg = config.to_dict()
+        if dtype is not None:
+            cfg["torch_dtype"] = str(dtype).replace("torch.", "")
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+        gen = {"bos_token_id": config.bos_token_id,
+               "eos_token_id": config.eos_token_id[0] if len(config.eos_token_id) == 1 else config.eos_token_id}
+        (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n", encoding="utf-8")
+        if tokenizer_model is not None:
+            shutil.copyfile(tokenizer_model, tmp / "tokenizer.model")
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
+        for path in [tmp, *tmp.iterdir()]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        if out_dir.exists():
+            old = out_dir.with_name(out_dir.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
