@@ -1,7 +1,138 @@
-"""``llmcli generate`` (placeholder while being written)."""
+"""``llmcli generate``: stream a continuation of a prompt from a model."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Annotated, List, Optional
 
 import typer
 
+from llmcli.cli.common import (DeviceOpt, DtypeOpt, ModelOpt, ThreadsOpt, read_prompt,
+                               resolve_model_dir, set_threads, stderr_console)
+from llmcli.errors import UsageError
+
+
+def generate_command(
+    prompt: Annotated[Optional[str], typer.Argument(
+        help="Prompt text; '-' or absent reads stdin (when piped). With both, the argument comes "
+             "first, then a newline, then stdin.", show_default=False)] = None,
+    model: ModelOpt = None,
+    max_tokens: Annotated[int, typer.Option("-n", "--max-tokens", help="Most tokens to generate.")] = 200,
+    temp: Annotated[float, typer.Option("--temp", "--temperature", help="Temperature; 0 = greedy.")] = 0.8,
+    top_k: Annotated[int, typer.Option("--top-k", help="Keep the k most likely tokens (0 = off).")] = 40,
+    top_p: Annotated[float, typer.Option("--top-p", help="Keep the smallest set with this much probability (1 = off).")] = 0.95,
+    min_p: Annotated[float, typer.Option("--min-p", help="Drop tokens below min_p × the top probability (0 = off).")] = 0.05,
+    repeat_penalty: Annotated[float, typer.Option("--repeat-penalty", help="Penalise tokens already seen (1 = off).")] = 1.0,
+    seed: Annotated[Optional[int], typer.Option("-s", "--seed", help="Random seed (same seed and options → same text).",
+                                                show_default=False)] = None,
+    stop: Annotated[Optional[List[str]], typer.Option("--stop", help="Stop when this text is generated (repeatable; not printed).",
+                                                      show_default=False)] = None,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = "cpu",
+    threads: ThreadsOpt = None,
+    no_bos: Annotated[bool, typer.Option("--no-bos", help="Do not put the BOS token before the prompt.")] = False,
+    echo: Annotated[bool, typer.Option("--echo", help="Also print the prompt when stdout is not a terminal.")] = False,
+    stats: Annotated[bool, typer.Option("--stats", help="Print timings to stderr.")] = False,
+) -> None:
+    """Generate text that continues PROMPT, streaming tokens as they are produced.
+
+    Sampling filters apply in this order: repeat penalty → temperature → top-k → top-p → min-p.
+
+    Examples:
+
+        llmcli generate "ROMEO:" -n 60
+
+        llmcli generate "ROMEO:" --temp 0 --stop "JULIET" --stats
+
+        echo "To be, or not to be" | llmcli generate -m path/to/llama-dir -s 42
+    """
+    from llmcli.sampling import SamplingParams
+
+    params = SamplingParams(temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p,
+                            repeat_penalty=repeat_penalty, seed=seed)
+    params.validate()
+    if max_tokens < 0:
+        raise UsageError(f"--max-tokens: must be >= 0, got {max_tokens}")
+    text = read_prompt(prompt)
+    if not text and no_bos:
+        raise UsageError("PROMPT: empty prompt with --no-bos leaves nothing to continue")
+    run_generate(text, resolve_model_dir(model), params, max_tokens=max_tokens, stop=stop or [],
+                 dtype=dtype, device=device, threads=threads, add_bos=not no_bos, echo=echo,
+                 show_stats=stats)
+
+
+def run_generate(text: str, model_dir, params, max_tokens: int, stop: list[str], dtype: str,
+                 device: str, threads: int | None, add_bos: bool, echo: bool, show_stats: bool) -> None:
+    """Load, generate and stream to stdout; notices and stats go to stderr."""
+    from rich.text import Text
+
+    err = stderr_console()
+    t0 = time.perf_counter()
+    set_threads(threads)
+    from llmcli.generation import STOP_CONTEXT, STOP_STRING, Generation
+    from llmcli.tokenizer import Tokenizer
+    from llmcli.weights import load_model
+
+    tokenizer = Tokenizer(model_dir / "tokenizer.model") if model_dir.is_dir() else None
+    model, config = load_model(model_dir, dtype=dtype, device=device,
+                               warn=lambda m: err.print(f"warning: {m}", markup=False))
+    if tokenizer is None:  # pragma: no cover - load_model raised already
+        return
+    if tokenizer.vocab_size > config.vocab_size:
+        from llmcli.errors import LLMCLIError
+        raise LLMCLIError(f"{tokenizer.path}: vocabulary of {tokenizer.vocab_size} pieces does not fit "
+                          f"the model's vocab_size {config.vocab_size}")
+    load_seconds = time.perf_counter() - t0
+    prompt_ids = tokenizer.encode(text, add_bos=add_bos)
+    gen = Generation(model, tokenizer, prompt_ids, params, max_tokens, stop=stop,
+                     eos_ids=config.eos_token_id or [tokenizer.eos_id])
+
+    out = sys.stdout
+    _make_stdout_safe()
+    tty = out.isatty()
+    if tty:
+        from rich.console import Console
+        Console(highlight=False).print(Text(text, style="dim"), end="")
+    elif echo:
+        out.write(text)
+    out.flush()
+    ended_with_newline = text.endswith("\n") or not text
+    try:
+        for event in gen:
+            if event.text:
+                out.write(event.text)
+                out.flush()
+                ended_with_newline = event.text.endswith("\n")
+    except KeyboardInterrupt:
+        out.write("\n")
+        out.flush()
+        err.print("[interrupted]", markup=False)
+        raise typer.Exit(130)
+    if tty and not ended_with_newline:
+        out.write("\n")
+    out.flush()
+    st = gen.stats
+    if st.stop_reason == STOP_STRING:
+        err.print("[stopped: --stop string generated]", markup=False)
+    elif st.stop_reason == STOP_CONTEXT:
+        err.print(f"[stopped: context length of {config.max_position_embeddings} tokens reached]", markup=False)
+    if show_stats:
+        err.print(f"load {load_seconds:.2f} s | prompt {st.prompt_tokens} tokens | "
+                  f"first token {st.first_token_seconds * 1000:.1f} ms | generated {st.generated_tokens} tokens | "
+                  f"decode {st.decode_tokens_per_second:.1f} tokens/s | stop: {st.stop_reason} | seed {st.seed}",
+                  markup=False)
+
+
+def _make_stdout_safe() -> None:
+    """Never crash on a stdout that cannot encode the text (e.g. ``PYTHONIOENCODING=ascii``)."""
+    try:
+        enc = (sys.stdout.encoding or "").lower().replace("-", "")
+        if enc != "utf8":
+            sys.stdout.reconfigure(errors="replace")
+    except (AttributeError, ValueError):
+        pass
+
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("generate")(generate_command)
