@@ -58,9 +58,13 @@ class GenerationStats:
 class Generation:
     """Iterate to generate: ``for event in Generation(...): print(event.text, end="")``.
 
-    After the loop, :attr:`stats` holds the timings and :attr:`stats.stop_reason`, and
-    :attr:`tail` any held-back text that was flushed at the end (already included in the
-    events' texts).
+    After the loop, :attr:`stats` holds the timings and :attr:`stats.stop_reason`. Text held
+    back (a possible stop string, an incomplete UTF-8 character) is flushed into the last
+    event, so the events' texts together are everything generated.
+
+    When the model's vocabulary is larger than the tokenizer's (padded embeddings), the extra
+    ids, which have no text, are never chosen: sampling and log-probabilities use the logits
+    of the tokenizer's ids only.
 
     Raises (on construction):
         LLMCLIError: empty prompt, or a prompt longer than the context length.
@@ -81,6 +85,7 @@ class Generation:
         self.top_logprobs = top_logprobs
         self.want_logprobs = logprobs or top_logprobs > 0
         self.context = model.config.max_position_embeddings
+        self.vocab = min(model.config.vocab_size, tokenizer.vocab_size)
         self.stats = GenerationStats(prompt_tokens=len(self.prompt_ids), seed=self.sampler.seed)
         if not self.prompt_ids:
             raise LLMCLIError("the prompt is empty and no BOS token is added (--no-bos): nothing to continue")
@@ -89,30 +94,42 @@ class Generation:
                               f"context of {self.context} tokens (max_position_embeddings)")
 
     def __iter__(self) -> Iterator[TokenEvent]:
-        with torch.inference_mode():
-            yield from self._run()
+        return self._run()
 
+    @torch.inference_mode()
+    def _forward(self, ids: list[int], cache) -> torch.Tensor:
+        """Logits ``(V,)`` after feeding ``ids`` at the cache's next positions."""
+        x = torch.tensor([ids], device=self.model.device)                       # (1, T)
+        return self.model(x, cache=cache, last_only=True)[0, -1, :self.vocab]   # (V,)
+
+    @torch.inference_mode()
+    def _choose(self, logits: torch.Tensor, context_ids: list[int]) -> TokenEvent:
+        event = TokenEvent(self.sampler(logits, context_ids), "")
+        if self.want_logprobs:
+            self._logprobs(event, logits)
+        return event
+
+    # inference mode is entered per step, not around the loop: a generator suspended at
+    # ``yield`` must not leave it switched on in the caller's code.
     def _run(self) -> Iterator[TokenEvent]:
-        model, stats = self.model, self.stats
+        stats = self.stats
         if self.max_tokens <= 0:
             stats.stop_reason = STOP_MAX_TOKENS
             return
-        cache = model.new_cache(batch=1, max_len=min(self.context, len(self.prompt_ids) + self.max_tokens))
+        with torch.inference_mode():
+            cache = self.model.new_cache(batch=1, max_len=min(self.context, len(self.prompt_ids) + self.max_tokens))
         decoder = self.tokenizer.stream()
         decoder.prime(self.prompt_ids)
         context_ids = list(self.prompt_ids)
         pending = ""  # decoded text held back because it may start a stop string
 
         t0 = time.perf_counter()
-        x = torch.tensor([self.prompt_ids], device=model.device)                 # (1, T)
-        logits = model(x, cache=cache, last_only=True)[0, -1]                  # (V,)
+        logits = self._forward(self.prompt_ids, cache)                          # prefill
         stats.prefill_seconds = time.perf_counter() - t0
         t_first = 0.0
         while True:
-            token = self.sampler(logits, context_ids)
-            event = TokenEvent(token, "")
-            if self.want_logprobs:
-                self._logprobs(event, logits)
+            event = self._choose(logits, context_ids)
+            token = event.id
             stats.generated_tokens += 1
             if stats.generated_tokens == 1:
                 t_first = time.perf_counter()
@@ -122,32 +139,28 @@ class Generation:
                 stats.stop_reason = STOP_EOS
                 event.text = pending + decoder.flush()
                 pending = ""
-                yield event
-                break
-            pending += decoder.push(token)
-            hit = self._find_stop(pending)
-            if hit is not None:
-                event.text = pending[:hit]
-                stats.stop_reason = STOP_STRING
-                yield event
-                pending = ""
-                break
-            keep = self._stop_prefix_len(pending)
-            event.text, pending = pending[:len(pending) - keep], pending[len(pending) - keep:]
-            if stats.generated_tokens >= self.max_tokens:
-                stats.stop_reason = STOP_MAX_TOKENS
-            elif cache.length >= self.context:
-                stats.stop_reason = STOP_CONTEXT
+            else:
+                pending += decoder.push(token)
+                hit = self._find_stop(pending)
+                if hit is not None:
+                    event.text, pending = pending[:hit], ""
+                    stats.stop_reason = STOP_STRING
+                else:
+                    keep = self._stop_prefix_len(pending)
+                    event.text, pending = pending[:len(pending) - keep], pending[len(pending) - keep:]
+                    if stats.generated_tokens >= self.max_tokens:
+                        stats.stop_reason = STOP_MAX_TOKENS
+                    elif cache.length >= self.context:
+                        stats.stop_reason = STOP_CONTEXT
+                    if stats.stop_reason:
+                        event.text += pending + decoder.flush()
+                        pending = ""
             if stats.stop_reason:
-                event.text += pending + decoder.flush()
-                pending = ""
+                stats.decode_seconds = time.perf_counter() - t_first
                 yield event
-                break
+                return
             yield event
-            x = torch.tensor([[token]], device=model.device)                   # (1, 1)
-            logits = model(x, cache=cache, last_only=True)[0, -1]              # (V,)
-        stats.decode_seconds = time.perf_counter() - t_first if t_first else 0.0
-
+            logits = self._forward([token], cache)                              # decode one
     def _logprobs(self, event: TokenEvent, logits: torch.Tensor) -> None:
         logp = torch.log_softmax(logits.float(), dim=-1)                       # (V,)
         event.logprob = float(logp[event.id])
