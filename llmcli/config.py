@@ -8,7 +8,7 @@ Field names and defaults follow ``transformers.LlamaConfig`` so that a real chec
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import InitVar, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -50,17 +50,20 @@ class LlamaConfig:
     eos_token_id: list[int] = field(default_factory=lambda: [2])
     model_type: str = "llama"
     torch_dtype: str | None = None
+    #: Where the values came from, named in error messages (not a config field).
+    source: InitVar[str] = "config"
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, source: str = "config") -> None:
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
-        if self.head_dim is None:
+        if self.head_dim is None and _is_positive_int(self.hidden_size) \
+                and _is_positive_int(self.num_attention_heads):
             self.head_dim = self.hidden_size // self.num_attention_heads
         if isinstance(self.eos_token_id, int):
             self.eos_token_id = [self.eos_token_id]
         elif self.eos_token_id is None:
             self.eos_token_id = []
-        self.validate()
+        self.validate(source)
 
     @property
     def rope_type(self) -> str:
@@ -79,8 +82,18 @@ class LlamaConfig:
                      "num_attention_heads", "num_key_value_heads", "head_dim",
                      "max_position_embeddings"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            if not _is_positive_int(value):
                 raise LLMCLIError(f"{source}: {name} must be a positive integer, got {value!r}")
+        for name in ("rope_theta", "rms_norm_eps"):
+            value = getattr(self, name)
+            if not _is_number(value) or value <= 0:
+                raise LLMCLIError(f"{source}: {name} must be a positive number, got {value!r}")
+        if not isinstance(self.eos_token_id, list) or not all(
+                isinstance(i, int) and not isinstance(i, bool) for i in self.eos_token_id):
+            raise LLMCLIError(f"{source}: eos_token_id must be an integer or a list of integers, "
+                              f"got {self.eos_token_id!r}")
+        if self.rope_scaling is not None and not isinstance(self.rope_scaling, dict):
+            raise LLMCLIError(f"{source}: rope_scaling must be an object, got {self.rope_scaling!r}")
         if self.num_attention_heads % self.num_key_value_heads:
             raise LLMCLIError(
                 f"{source}: num_attention_heads ({self.num_attention_heads}) is not a multiple "
@@ -93,8 +106,17 @@ class LlamaConfig:
         if self.rope_type not in SUPPORTED_ROPE_TYPES:
             raise LLMCLIError(f"{source}: rope_scaling type {self.rope_type!r} is not supported "
                               f"(supported: {', '.join(sorted(SUPPORTED_ROPE_TYPES))})")
-        if self.rope_type in ("linear", "llama3") and "factor" not in self.rope_scaling:
-            raise LLMCLIError(f"{source}: rope_scaling of type {self.rope_type!r} needs 'factor'")
+        if self.rope_type in ("linear", "llama3"):
+            for key in ("factor", "low_freq_factor", "high_freq_factor",
+                        "original_max_position_embeddings"):
+                if key == "factor" or (self.rope_type == "llama3" and key in self.rope_scaling):
+                    value = self.rope_scaling.get(key)
+                    if not _is_number(value) or value <= 0:
+                        raise LLMCLIError(f"{source}: rope_scaling of type {self.rope_type!r} "
+                                          f"needs a positive number {key!r}, got {value!r}")
+            if self.rope_type == "llama3" and (self.rope_scaling.get("high_freq_factor", 4.0)
+                                               <= self.rope_scaling.get("low_freq_factor", 1.0)):
+                raise LLMCLIError(f"{source}: rope_scaling needs high_freq_factor > low_freq_factor")
 
     # ------------------------------------------------------------------ I/O
     @classmethod
@@ -115,7 +137,7 @@ class LlamaConfig:
             raise LLMCLIError(f"{source}: neither model_type nor architectures is set; "
                               "cannot tell which model this is")
         kwargs: dict[str, Any] = {}
-        names = set(cls.__dataclass_fields__)
+        names = {f.name for f in fields(cls)}
         for key, value in raw.items():
             if key in names:
                 kwargs[key] = value
@@ -133,8 +155,10 @@ class LlamaConfig:
             kwargs.pop("rope_theta", None)
         if "model_type" not in kwargs:
             kwargs["model_type"] = "llama"
+        if kwargs.get("torch_dtype") is None and isinstance(raw.get("dtype"), str):
+            kwargs["torch_dtype"] = raw["dtype"]  # transformers 5 renamed the key
         try:
-            return cls(**kwargs)
+            return cls(**kwargs, source=source)
         except TypeError as exc:  # pragma: no cover - defensive
             raise LLMCLIError(f"{source}: {exc}") from None
 
@@ -154,9 +178,10 @@ class LlamaConfig:
         if gen_path.is_file():
             gen = _read_json(gen_path)
             eos = gen.get("eos_token_id")
-            if eos is not None:
-                eos_list = [eos] if isinstance(eos, int) else list(eos)
-                config.eos_token_id = sorted(set(config.eos_token_id) | set(eos_list))
+            eos_list = [eos] if isinstance(eos, int) else eos if isinstance(eos, list) else []
+            merged = config.eos_token_id + [i for i in eos_list if isinstance(i, int)
+                                            and not isinstance(i, bool)]
+            config.eos_token_id = list(dict.fromkeys(merged))  # config.json's ids first
             if config.bos_token_id is None and gen.get("bos_token_id") is not None:
                 config.bos_token_id = gen["bos_token_id"]
         return config
@@ -171,6 +196,14 @@ class LlamaConfig:
         if out["torch_dtype"] is None:
             del out["torch_dtype"]
         return out
+
+
+def _is_positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

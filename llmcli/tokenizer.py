@@ -52,10 +52,11 @@ class Tokenizer:
         Raises:
             LLMCLIError: an id is outside ``[0, vocab_size)``.
         """
+        ids = [int(i) for i in ids]  # also numpy/torch integers
         bad = [i for i in ids if not 0 <= i < self.vocab_size]
         if bad:
             raise LLMCLIError(f"token id {bad[0]} is outside the vocabulary (0..{self.vocab_size - 1})")
-        return self.sp.decode(list(ids))
+        return self.sp.decode(ids)
 
     def piece(self, token_id: int) -> str:
         """The vocabulary piece of ``token_id``, e.g. ``'▁the'`` or ``'<0x0A>'``."""
@@ -109,30 +110,49 @@ class StreamDecoder:
         self.ids = []
 
     def prime(self, ids: list[int]) -> None:
-        """Feed ids whose text is not to be emitted (e.g. the prompt); later chunks continue it."""
+        """Feed ids whose text is not to be emitted (e.g. the prompt); later chunks continue it.
+
+        A primed list that ends inside a character leaves that character to the next chunks.
+        """
         self.ids.extend(ids)
-        self.emitted = self.tokenizer.decode(self.ids)
+        self.emitted = self._complete_text()
 
     def push(self, token_id: int) -> str:
-        """Add one id; return the text that is now complete (possibly ``""``)."""
+        """Add one id; return the text that is now complete (possibly ``""``).
+
+        Raises:
+            LLMCLIError: ``token_id`` is outside the vocabulary.
+        """
         self.ids.append(token_id)
-        text = self.tokenizer.decode(self.ids)
-        held = 0
-        while (held < 4 and len(text) > held and text[len(text) - 1 - held] == REPLACEMENT_CHAR
-               and self.tokenizer.is_byte(self.ids[len(self.ids) - 1 - held])):
-            held += 1
-        if held:
-            text = text[:len(text) - held]
-        return self._emit(text)
+        try:
+            return self._emit(self._complete_text())
+        except LLMCLIError:
+            self.ids.pop()
+            raise
 
     def flush(self) -> str:
         """Everything not yet emitted (call once at the end)."""
         return self._emit(self.tokenizer.decode(self.ids))
 
+    def _complete_text(self) -> str:
+        """``decode(ids)`` less the trailing U+FFFDs that stand for bytes of an unfinished
+        character (one per trailing byte piece, at most 3: a UTF-8 character has 4 bytes)."""
+        text = self.tokenizer.decode(self.ids)
+        held = 0
+        while (held < 3 and len(text) > held and text[len(text) - 1 - held] == REPLACEMENT_CHAR
+               and self.tokenizer.is_byte(self.ids[len(self.ids) - 1 - held])):
+            held += 1
+        return text[:len(text) - held]
+
     def _emit(self, text: str) -> str:
         if not text.startswith(self.emitted):
-            # sentencepiece changed earlier text (should not happen); emit nothing until the end
-            return ""
+            # sentencepiece changed earlier text (not seen in practice): emit what differs
+            # rather than lose it
+            common = 0
+            while common < min(len(text), len(self.emitted)) and text[common] == self.emitted[common]:
+                common += 1
+            self.emitted = text
+            return text[common:]
         chunk = text[len(self.emitted):]
         self.emitted = text
         return chunk

@@ -19,6 +19,7 @@ from llmcli.errors import LLMCLIError, UsageError
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 _LFS_MAGIC = b"version https://git-lfs"
+_MAX_HEADER_BYTES = 100_000_000  # the safetensors library's own limit on the JSON header
 
 
 def weight_files(model_dir: Path) -> list[Path]:
@@ -61,8 +62,11 @@ def _check_safetensors_file(path: Path) -> None:
     if size < 8:
         raise LLMCLIError(f"{path}: truncated ({size} bytes), not a safetensors file")
     header_len = int.from_bytes(head[:8], "little")
-    if header_len <= 0 or 8 + header_len > size or not head[8:9] == b"{":
+    if not 0 < header_len <= _MAX_HEADER_BYTES or head[8:9] != b"{":
         raise LLMCLIError(f"{path}: not a safetensors file (bad header)")
+    if 8 + header_len > size:
+        raise LLMCLIError(f"{path}: truncated ({size} bytes; its header alone needs "
+                          f"{8 + header_len}), not a whole safetensors file")
 
 
 def read_tensors(files: list[Path]) -> dict[str, Any]:
@@ -159,6 +163,9 @@ def load_model(model_dir: Path | str, dtype: str = "auto", device: str = "cpu",
     from llmcli.model import LlamaForCausalLM, rope_inv_freq
 
     model_dir = Path(model_dir)
+    if model_dir.is_file():
+        raise LLMCLIError(f"{model_dir}: is a file; give the model directory (the one holding "
+                          "config.json and the weights)")
     if not model_dir.is_dir():
         raise LLMCLIError(f"{model_dir}: no such model directory")
     config = LlamaConfig.from_file(model_dir / "config.json")
@@ -166,7 +173,14 @@ def load_model(model_dir: Path | str, dtype: str = "auto", device: str = "cpu",
     shapes = expected_shapes(config)
 
     if config.tie_word_embeddings:
-        tensors.pop("lm_head.weight", None)  # a tied checkpoint may ship a copy; the tie wins
+        # A tied checkpoint may ship a copy of the embedding as lm_head; the tie wins (as in
+        # transformers 4; transformers 5 uses a shipped lm_head that differs, so say so).
+        head = tensors.pop("lm_head.weight", None)
+        embed = tensors.get("model.embed_tokens.weight")
+        if (head is not None and embed is not None and warn is not None
+                and (head.shape != embed.shape or not torch.equal(head.to(embed.dtype), embed))):
+            warn(f"{model_dir}: config.json ties the embeddings, so lm_head.weight in the "
+                 "weights (which differs from model.embed_tokens.weight) is ignored")
     for name, shape in shapes.items():
         if name not in tensors:
             raise LLMCLIError(f"{model_dir}: tensor {name} {list(shape)} is missing from the weights")
