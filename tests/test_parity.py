@@ -25,7 +25,7 @@ SEQ_LEN = 24
 PREFILL, SINGLES = 9, 6  # cache schedule: prefill 9, then 6 single tokens, then the rest (9)
 
 LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                  "high_freq_factor": 4.0, "original_max_position_embeddings": 16}
+                  "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
 
 CASES = {
     "mha": {},
@@ -33,9 +33,11 @@ CASES = {
     "mqa": dict(num_attention_heads=4, num_key_value_heads=1),
     "tied": dict(tie_word_embeddings=True),
     "rope_theta": dict(rope_theta=500000.0),
-    # head_dim 16: wavelengths on both sides of the llama3 thresholds (4 and 16 positions)
+    # head_dim 16, theta 5e5: wavelengths 6, 32, 168... positions, one in each llama3 band
+    # (kept < 16, smoothed in [16, 64], divided by factor > 64)
     "rope_llama3": dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
-                        rope_theta=500000.0, rope_scaling=LLAMA3_SCALING),
+                        rope_theta=500000.0, rope_scaling=LLAMA3_SCALING,
+                        max_position_embeddings=256),  # extended from the original 64
     "rope_linear": dict(rope_scaling={"rope_type": "linear", "factor": 4.0}),
     "head_dim": dict(head_dim=16),  # ≠ hidden_size / heads = 8
     "bias": dict(attention_bias=True, mlp_bias=True),
