@@ -1,0 +1,70 @@
+"""What a source reader hands to the writer: a config, lazily loaded tensors and notes.
+
+Readers (:mod:`llmcli.convert.llama2c`, :mod:`llmcli.convert.gguf_reader`) return a
+:class:`Checkpoint` whose tensors already carry Hugging Face names, shapes and the
+rotate-half q/k layout; nothing is read from disk until :meth:`LazyTensor.load` is called, so
+a conversion holds one tensor in memory at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from llmcli.config import LlamaConfig
+
+#: Output dtypes ``llmcli convert --dtype`` accepts (``auto`` = the source's, see readers).
+OUTPUT_DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+@dataclass
+class LazyTensor:
+    """A tensor of ``shape`` produced on demand by ``load()`` (a float ``torch.Tensor``).
+
+    ``nbytes_source`` is how many bytes of the source file it is read from (for progress).
+    """
+
+    shape: tuple[int, ...]
+    load: Callable[[], "torch.Tensor"]
+    nbytes_source: int = 0
+
+
+@dataclass
+class Checkpoint:
+    """A model read from a foreign file, in Hugging Face terms.
+
+    config: the :class:`~llmcli.config.LlamaConfig` to write as ``config.json``.
+    tensors: HF parameter name → :class:`LazyTensor`; ``lm_head.weight`` is absent when
+        ``config.tie_word_embeddings``.
+    format: a human description of the source format, e.g. ``"llama2.c version 1"``.
+    default_dtype: the output dtype ``--dtype auto`` means (``"float32"``, ``"float16"`` or
+        ``"bfloat16"``).
+    tokenizer_model: a serialized sentencepiece ``ModelProto`` built from a vocabulary
+        embedded in the file (GGUF), or ``None`` when the file has none (llama2.c).
+    notes: sentences for the output's README.md (what was read, assumed or changed).
+    """
+
+    config: "LlamaConfig"
+    tensors: dict[str, LazyTensor]
+    format: str
+    default_dtype: str = "float32"
+    tokenizer_model: bytes | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def interleaved_to_half(w: "torch.Tensor", n_heads: int) -> "torch.Tensor":
+    """Reorder the rows of a q or k projection from interleaved-pair RoPE to rotate-half RoPE.
+
+    ``w``: (n_heads · Dh, D), rows of each head ordered (x0, y0, x1, y1, …) as llama2.c, Meta
+    and llama.cpp's GGUF files store them (rotation acts on adjacent pairs). Returns the same
+    shape with each head's rows ordered (x0, x1, …, y0, y1, …), the layout of Hugging Face's
+    ``rotate_half``. This is transformers' ``convert_llama_weights_to_hf.py`` ``permute``:
+    ``w.view(n_heads, dim1 // n_heads // 2, 2, dim2).transpose(1, 2).reshape(dim1, dim2)``,
+    and the inverse of llama.cpp's ``convert_hf_to_gguf.py`` ``LlamaModel.permute``.
+    For k, pass the number of key/value heads.
+    """
+    dim1, dim2 = w.shape
+    return w.reshape(n_heads, dim1 // n_heads // 2, 2, dim2).transpose(1, 2).reshape(dim1, dim2)

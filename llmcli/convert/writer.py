@@ -1,0 +1,129 @@
+"""Write a converted model as a Hugging Face directory, atomically.
+
+``model.safetensors`` is streamed one tensor at a time (format: 8-byte little-endian header
+length, a JSON header of ``{name: {dtype, shape, data_offsets}}`` padded with spaces to a
+multiple of 8, then the raw little-endian tensor bytes), so converting a model needs memory
+for one tensor, not the whole model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from llmcli.convert.checkpoint import Checkpoint
+from llmcli.errors import LLMCLIError
+
+#: torch dtype name → safetensors dtype tag and bytes per element.
+_ST_DTYPES = {"float32": ("F32", 4), "float16": ("F16", 2), "bfloat16": ("BF16", 2)}
+
+Progress = Callable[[str, int, int], None]
+
+
+def write_safetensors(path: Path, ckpt: Checkpoint, dtype: str,
+                      on_progress: Progress | None = None) -> int:
+    """Stream ``ckpt.tensors`` (HF names) into a safetensors file in ``dtype``; return its size.
+
+    ``on_progress("converting", done, total)`` is called after each tensor, counting source
+    bytes.
+    """
+    import numpy as np
+    import torch
+
+    tag, itemsize = _ST_DTYPES[dtype]
+    torch_dtype = getattr(torch, dtype)
+    header: dict[str, object] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, lazy in ckpt.tensors.items():
+        n = 1
+        for d in lazy.shape:
+            n *= d
+        header[name] = {"dtype": tag, "shape": list(lazy.shape), "data_offsets": [offset, offset + n * itemsize]}
+        offset += n * itemsize
+    blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    blob += b" " * (-len(blob) % 8)
+    total = sum(t.nbytes_source for t in ckpt.tensors.values())
+    done = 0
+    with path.open("wb") as fh:
+        fh.write(len(blob).to_bytes(8, "little"))
+        fh.write(blob)
+        for name, lazy in ckpt.tensors.items():
+            tensor = lazy.load()
+            if tuple(tensor.shape) != lazy.shape:  # a reader bug, not a user error
+                raise AssertionError(f"{name}: loaded {tuple(tensor.shape)}, declared {lazy.shape}")
+            tensor = tensor.to(torch_dtype).contiguous()
+            if torch_dtype == torch.bfloat16:  # numpy has no bfloat16: write its bits
+                tensor = tensor.view(torch.int16)
+            arr = tensor.numpy()
+            if arr.dtype.byteorder == ">":  # pragma: no cover - big-endian hosts
+                arr = arr.astype(arr.dtype.newbyteorder("<"))
+            fh.write(np.ascontiguousarray(arr).data)
+            done += lazy.nbytes_source
+            if on_progress:
+                on_progress("converting", done, total)
+    return 8 + len(blob) + offset
+
+
+def write_model_dir(ckpt: Checkpoint, out_dir: Path, *, dtype: str, tokenizer_model: bytes,
+                    readme: str, force: bool = False, on_progress: Progress | None = None) -> Path:
+    """Write ``config.json``, ``generation_config.json``, ``model.safetensors``,
+    ``tokenizer.model`` and ``README.md`` into ``out_dir``.
+
+    Everything goes to a hidden temporary directory beside ``out_dir`` that is renamed into
+    place at the end, so an error or interruption leaves no output; with ``force`` an existing
+    directory is replaced only once the new one is complete.
+
+    Raises:
+        LLMCLIError: ``out_dir`` exists (and not ``force``) or is a file; it cannot be written.
+    """
+    out_dir = Path(out_dir)
+    check_out_dir(out_dir, force)
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.converting-", dir=out_dir.parent))
+    except OSError as exc:
+        raise LLMCLIError(f"{out_dir}: cannot create the output directory ({exc.strerror})") from None
+    try:
+        write_safetensors(tmp / "model.safetensors", ckpt, dtype, on_progress)
+        cfg = ckpt.config.to_dict()
+        cfg["torch_dtype"] = dtype
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+        gen = {"bos_token_id": ckpt.config.bos_token_id}
+        eos = ckpt.config.eos_token_id
+        gen["eos_token_id"] = eos[0] if len(eos) == 1 else eos
+        (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n", encoding="utf-8")
+        (tmp / "tokenizer.model").write_bytes(tokenizer_model)
+        (tmp / "README.md").write_text(readme, encoding="utf-8")
+        for path in [tmp, *tmp.iterdir()]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        check_out_dir(out_dir, force)  # again: something may have appeared meanwhile
+        if out_dir.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+            os.replace(out_dir, old / out_dir.name)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise LLMCLIError(f"{out_dir}: cannot write the converted model ({exc})") from None
+        raise
+    return out_dir
+
+
+def check_out_dir(out_dir: Path, force: bool) -> None:
+    """Refuse an existing ``out_dir`` unless ``force``; refuse a non-directory always.
+
+    Raises:
+        LLMCLIError: as described.
+    """
+    if out_dir.exists() or out_dir.is_symlink():
+        if not out_dir.is_dir() or out_dir.is_symlink():
+            raise LLMCLIError(f"{out_dir}: exists and is not a directory; choose another OUT_DIR")
+        if not force:
+            raise LLMCLIError(f"{out_dir}: already exists; use --force to replace it")
