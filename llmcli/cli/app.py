@@ -69,6 +69,7 @@ def main() -> None:
     Exit codes: 0 success, 1 error (bad file, model, ...), 2 usage error, 130 interrupted.
     """
     debug = "--debug" in sys.argv or bool(os.environ.get("LLMCLI_DEBUG"))
+    _make_stdout_safe()
     try:
         app()
     except LLMCLIError as exc:
@@ -86,6 +87,17 @@ def main() -> None:
             raise
         _stderr_line(f"error: {type(exc).__name__}: {exc} (run with --debug for a traceback)")
         sys.exit(1)
+
+
+def _make_stdout_safe() -> None:
+    """Never crash on a stdout that cannot encode the text (``PYTHONIOENCODING=ascii``, a
+    legacy code page): unencodable characters, in help texts or generated text, become ``?``.
+    (stderr already uses ``backslashreplace``.)"""
+    try:
+        if (sys.stdout.encoding or "").lower().replace("-", "").replace("_", "") != "utf8":
+            sys.stdout.reconfigure(errors="replace")
+    except (AttributeError, ValueError):
+        pass
 
 
 def _stderr_line(text: str) -> None:

@@ -99,10 +99,13 @@ def set_threads(threads: int | None) -> int:
 
 
 def stderr_console():
-    """A rich Console on stderr (respects NO_COLOR and non-terminals)."""
+    """A rich Console on stderr (respects NO_COLOR and non-terminals).
+
+    Lines are never wrapped (``soft_wrap``): a notice or the ``--stats`` line stays one line
+    in a log or a pipe, whatever the width of an 80-column default."""
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False)
+    return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def stdout_console():
