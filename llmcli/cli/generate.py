@@ -34,6 +34,16 @@ def generate_command(
     no_bos: Annotated[bool, typer.Option("--no-bos", help="Do not put the BOS token before the prompt.")] = False,
     echo: Annotated[bool, typer.Option("--echo", help="Also print the prompt when stdout is not a terminal.")] = False,
     stats: Annotated[bool, typer.Option("--stats", help="Print timings to stderr.")] = False,
+    top_logprobs: Annotated[int, typer.Option(
+        "--top-logprobs", metavar="K",
+        help="After generating, list each token's logprob and its K most likely alternatives; in a "
+             "terminal, colour streamed tokens by probability (green likely → red unlikely).")] = 0,
+    show_tokens: Annotated[bool, typer.Option(
+        "--show-tokens", help="Mark token boundaries in the streamed text (alternating colours in a "
+                              "terminal, '|' between tokens when piped).")] = False,
+    json_out: Annotated[bool, typer.Option(
+        "--json", help='Print one JSON object per generated token and line: {"id", "piece", "text", '
+                       '"logprob", "top_logprobs": [{"id", "piece", "logprob"}]}.')] = False,
 ) -> None:
     """Generate text that continues PROMPT, streaming tokens as they are produced.
 
@@ -46,6 +56,8 @@ def generate_command(
         llmcli generate "ROMEO:" --temp 0 --stop "JULIET" --stats
 
         echo "To be, or not to be" | llmcli generate -m path/to/llama-dir -s 42
+
+        llmcli generate "ROMEO:" -n 20 --top-logprobs 3 --show-tokens
     """
     from llmcli.sampling import SamplingParams
 
@@ -57,14 +69,21 @@ def generate_command(
     text = read_prompt(prompt)
     if not text and no_bos:
         raise UsageError("PROMPT: empty prompt with --no-bos leaves nothing to continue")
+    if top_logprobs < 0:
+        raise UsageError(f"--top-logprobs: must be >= 0, got {top_logprobs}")
     run_generate(text, resolve_model_dir(model), params, max_tokens=max_tokens, stop=stop or [],
                  dtype=dtype, device=device, threads=threads, add_bos=not no_bos, echo=echo,
-                 show_stats=stats)
+                 show_stats=stats, top_logprobs=top_logprobs, show_tokens=show_tokens,
+                 json_out=json_out)
 
 
 def run_generate(text: str, model_dir, params, max_tokens: int, stop: list[str], dtype: str,
-                 device: str, threads: int | None, add_bos: bool, echo: bool, show_stats: bool) -> None:
-    """Load, generate and stream to stdout; notices and stats go to stderr."""
+                 device: str, threads: int | None, add_bos: bool, echo: bool, show_stats: bool,
+                 top_logprobs: int = 0, show_tokens: bool = False, json_out: bool = False) -> None:
+    """Load, generate and stream to stdout; notices and stats go to stderr.
+
+    ``top_logprobs``/``show_tokens``/``json_out``: see :class:`_TokenView` (inspection output).
+    """
     from rich.text import Text
 
     err = stderr_console()
@@ -85,22 +104,32 @@ def run_generate(text: str, model_dir, params, max_tokens: int, stop: list[str],
                           f"the model's vocab_size {config.vocab_size}")
     load_seconds = time.perf_counter() - t0
     prompt_ids = tokenizer.encode(text, add_bos=add_bos)
+    if top_logprobs > config.vocab_size:
+        raise UsageError(f"--top-logprobs: {top_logprobs} is more than the vocabulary ({config.vocab_size})")
+    view = _TokenView(tokenizer, top_logprobs, show_tokens, json_out)
     gen = Generation(model, tokenizer, prompt_ids, params, max_tokens, stop=stop,
-                     eos_ids=config.eos_token_id or [tokenizer.eos_id])
+                     eos_ids=config.eos_token_id or [tokenizer.eos_id],
+                     top_logprobs=top_logprobs, logprobs=view.wants_logprobs)
 
     out = sys.stdout
     _make_stdout_safe()
     tty = out.isatty()
-    if tty:
+    view.tty = tty
+    if json_out:
+        pass  # JSON lines only: no prompt echo
+    elif tty:
         from rich.console import Console
         Console(highlight=False).print(Text(text, style="dim"), end="")
     elif echo:
         out.write(text)
     out.flush()
-    ended_with_newline = text.endswith("\n") or not text
+    ended_with_newline = text.endswith("\n") or not text or json_out
     try:
         for event in gen:
-            if event.text:
+            if view.active:
+                if view.write(event, out):
+                    ended_with_newline = event.text.endswith("\n") or json_out
+            elif event.text:
                 out.write(event.text)
                 out.flush()
                 ended_with_newline = event.text.endswith("\n")
@@ -112,6 +141,7 @@ def run_generate(text: str, model_dir, params, max_tokens: int, stop: list[str],
     if tty and not ended_with_newline:
         out.write("\n")
     out.flush()
+    view.finish(out, ended_with_newline)
     st = gen.stats
     if st.stop_reason == STOP_STRING:
         err.print("[stopped: --stop string generated]", markup=False)
@@ -122,6 +152,88 @@ def run_generate(text: str, model_dir, params, max_tokens: int, stop: list[str],
                   f"first token {st.first_token_seconds * 1000:.1f} ms | generated {st.generated_tokens} tokens | "
                   f"decode {st.decode_tokens_per_second:.1f} tokens/s | stop: {st.stop_reason} | seed {st.seed}",
                   markup=False)
+
+
+class _TokenView:
+    """How ``--top-logprobs``, ``--show-tokens`` and ``--json`` show generated tokens.
+
+    Streaming: in a terminal each token is coloured by its probability (with --top-logprobs)
+    and/or alternately underlined (with --show-tokens); piped, --show-tokens writes ``|``
+    between tokens; --json writes one JSON object per token and line instead of the text.
+    After generation, --top-logprobs lists every token's logprob and alternatives
+    (:func:`llmcli.render.logprobs_rich` / ``logprobs_plain``) unless --json.
+    """
+
+    def __init__(self, tokenizer, top_logprobs: int, show_tokens: bool, json_out: bool) -> None:
+        self.tokenizer = tokenizer
+        self.top_logprobs = top_logprobs
+        self.show_tokens = show_tokens
+        self.json_out = json_out
+        self.active = bool(top_logprobs or show_tokens or json_out)
+        self.wants_logprobs = self.active
+        self.tty = False
+        self.events: list[dict] = []
+        self._console = None
+        self._shown = 0  # chunks written (for alternating styles and separators)
+
+    def _piece(self, token_id: int) -> str:
+        from llmcli.inspection.tensors import piece_of
+
+        return piece_of(self.tokenizer, token_id)
+
+    def write(self, event, out) -> bool:
+        """Show one event; True when text was written."""
+        record = {"id": event.id, "piece": self._piece(event.id), "text": event.text,
+                  "logprob": event.logprob,
+                  "top_logprobs": [{"id": i, "piece": self._piece(i), "logprob": lp}
+                                   for i, lp in event.top_logprobs]}
+        self.events.append(record)
+        if self.json_out:
+            from llmcli.render import write_json
+
+            write_json(record, out)
+            return True
+        if not event.text:
+            return False
+        if self.tty:
+            self._write_rich(event, out)
+        else:
+            out.write(("|" if self.show_tokens and self._shown else "") + event.text)
+            out.flush()
+        self._shown += 1
+        return True
+
+    def _write_rich(self, event, out) -> None:
+        import math
+
+        from rich.console import Console
+        from rich.text import Text
+
+        from llmcli.render import prob_style
+
+        if self._console is None:
+            self._console = Console(file=out, highlight=False, soft_wrap=True)
+        style = ""
+        if self.top_logprobs and event.logprob is not None:
+            style = prob_style(math.exp(event.logprob))
+        if self.show_tokens:
+            style += " underline" + (" on grey23" if self._shown % 2 else "")
+        self._console.print(Text(event.text, style=style.strip()), end="", soft_wrap=True)
+        out.flush()
+
+    def finish(self, out, ended_with_newline: bool) -> None:
+        """After generation: the per-token listing for --top-logprobs (not with --json)."""
+        if not self.top_logprobs or self.json_out or not self.events:
+            return
+        from llmcli.render import logprobs_plain, logprobs_rich
+
+        if self.tty:
+            from rich.console import Console
+
+            logprobs_rich(self.events, Console(file=out, highlight=False))
+        else:
+            out.write(("" if ended_with_newline else "\n") + "\n" + logprobs_plain(self.events))
+        out.flush()
 
 
 def _make_stdout_safe() -> None:

@@ -1,0 +1,475 @@
+"""Inspection commands: tokenize, detokenize, embeddings, logits, topk, info, trace.
+
+Thin wrappers: validate options, load, call :mod:`llmcli.inspection`, show with
+:mod:`llmcli.render`. ``tokenize``, ``detokenize`` and ``info`` never import torch.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, List, Optional
+
+import typer
+
+from llmcli.cli.common import (DeviceOpt, DtypeOpt, ModelOpt, ThreadsOpt, check_range, read_prompt,
+                               resolve_model_dir)
+from llmcli.errors import LLMCLIError, UsageError
+
+TextArg = Annotated[Optional[str], typer.Argument(
+    help="Text to inspect; '-' or absent reads stdin (when piped).", show_default=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of a table.")]
+NoBosOpt = Annotated[bool, typer.Option("--no-bos", help="Do not put the BOS token before the text.")]
+SaveOpt = Annotated[Optional[Path], typer.Option(
+    "--save", help="Also write the full tensor to this .safetensors file (atomically).",
+    show_default=False, metavar="FILE.safetensors")]
+
+
+# ----------------------------------------------------------------------------- loading
+@dataclass
+class _Loaded:
+    model_dir: Path
+    tokenizer: Any
+    config: Any
+    text: str
+    ids: list[int]
+    model: Any = None
+
+
+def _check_light_options(dtype: str, threads: int | None) -> None:
+    """Validate the model options that commands without weights still accept."""
+    from llmcli.weights import DTYPES
+
+    if dtype not in DTYPES:
+        raise UsageError(f"--dtype: {dtype!r} is not one of {', '.join(DTYPES)}")
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads: must be at least 1, got {threads}")
+
+
+def _tokenizer(model: Path | None):
+    from llmcli.tokenizer import Tokenizer
+
+    model_dir = resolve_model_dir(model)
+    if not model_dir.is_dir():
+        raise LLMCLIError(f"{model_dir}: no such model directory")
+    return model_dir, Tokenizer(model_dir / "tokenizer.model")
+
+
+def _context_length(model_dir: Path) -> int | None:
+    """The model's context length, or None when its config.json is missing or invalid."""
+    from llmcli.config import LlamaConfig
+
+    try:
+        return LlamaConfig.from_file(model_dir / "config.json").max_position_embeddings
+    except LLMCLIError:
+        return None
+
+
+def _prepare(text_arg: str | None, model: Path | None, dtype: str, threads: int | None,
+             no_bos: bool) -> _Loaded:
+    """Read the text, load tokenizer and config, encode and check the tokens fit (no weights yet)."""
+    from llmcli.config import LlamaConfig
+
+    _check_light_options(dtype, threads)
+    text = read_prompt(text_arg)
+    model_dir, tokenizer = _tokenizer(model)
+    config = LlamaConfig.from_file(model_dir / "config.json")
+    if tokenizer.vocab_size > config.vocab_size:
+        raise LLMCLIError(f"{tokenizer.path}: vocabulary of {tokenizer.vocab_size} pieces does not fit "
+                          f"the model's vocab_size {config.vocab_size}")
+    ids = tokenizer.encode(text, add_bos=not no_bos)
+    if not ids:
+        raise UsageError("TEXT: gives no tokens (empty text with --no-bos): nothing to run the model on"
+                         if no_bos else "TEXT: gives no tokens and the tokenizer has no BOS token")
+    context = config.max_position_embeddings
+    if len(ids) > context:
+        raise LLMCLIError(f"TEXT: {len(ids)} tokens is longer than the model's context of {context} "
+                          "tokens (max_position_embeddings)")
+    return _Loaded(model_dir, tokenizer, config, text, ids)
+
+
+def _load_weights(ctx: _Loaded, dtype: str, device: str, threads: int | None) -> _Loaded:
+    from llmcli.cli.common import set_threads, stderr_console
+    from llmcli.weights import load_model
+
+    set_threads(threads)
+    err = stderr_console()
+    ctx.model, ctx.config = load_model(ctx.model_dir, dtype=dtype, device=device,
+                                       warn=lambda m: err.print(f"warning: {m}", markup=False))
+    return ctx
+
+
+def _emit(kind: str, result, json_flag: bool, **options) -> None:
+    from llmcli.render import emit, make_stdout_safe, output_mode
+
+    make_stdout_safe()
+    emit(kind, result, output_mode(json_flag), **options)
+
+
+def _note(message: str) -> None:
+    from llmcli.cli.common import stderr_console
+
+    stderr_console().print(message, markup=False)
+
+
+def _save(path: Path, tensors: dict, metadata: dict[str, str], what: str) -> None:
+    from llmcli.inspection.tensors import save_safetensors
+
+    save_safetensors(path, tensors, metadata)
+    shape = "×".join(str(d) for d in next(iter(tensors.values())).shape)
+    _note(f"saved {what} ({shape}) to {path}")
+
+
+def _metadata(ctx: _Loaded, **extra: Any) -> dict[str, str]:
+    import json
+
+    meta = {"model": str(ctx.model_dir), "input_ids": json.dumps(ctx.ids),
+            "pieces": json.dumps([ctx.tokenizer.piece(i) for i in ctx.ids], ensure_ascii=False)}
+    meta.update({k: str(v) for k, v in extra.items()})
+    return meta
+
+
+# ----------------------------------------------------------------------------- tokenize
+def tokenize_command(
+    text: TextArg = None,
+    model: ModelOpt = None,
+    ids: Annotated[bool, typer.Option("--ids", help="Print only the token ids, space-separated.")] = False,
+    count: Annotated[bool, typer.Option("--count", help="Print only the number of tokens.")] = False,
+    no_bos: NoBosOpt = False,
+    json_out: JsonOpt = False,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = "cpu",
+    threads: ThreadsOpt = None,
+) -> None:
+    """Split TEXT into tokens: position, id, piece (▁ = space), exact bytes, kind.
+
+    Also prints totals (tokens, characters, bytes) and checks that decode(encode(text)) == text,
+    explaining any difference (e.g. the normalizer collapsing spaces). Loads only
+    tokenizer.model (never torch).
+
+    JSON (--json): {"tokens": [{"position", "id", "piece", "bytes", "hex", "kind"}], "count",
+    "ids", "characters", "utf8_bytes", "context_length", "roundtrip": {"ok", "decoded",
+    "normalized", "notes"}}; a token's "bytes" is a list of ints (0-255) and "hex" the same
+    bytes as a hex string.
+
+    Examples:
+
+        llmcli tokenize "To be, or not to be"
+
+        llmcli tokenize --ids "Hello world" | llmcli detokenize
+
+        cat play.txt | llmcli tokenize --count
+    """
+    from llmcli.inspection.tokens import tokenize_text
+
+    if sum([ids, count, json_out]) > 1:
+        raise UsageError("--ids, --count and --json: choose one")
+    _check_light_options(dtype, threads)
+    source = read_prompt(text)
+    model_dir, tokenizer = _tokenizer(model)
+    result = tokenize_text(tokenizer, source, add_bos=not no_bos)
+    result.context_length = _context_length(model_dir)
+    if ids:
+        sys.stdout.write(" ".join(str(i) for i in result.ids) + "\n")
+    elif count:
+        sys.stdout.write(f"{result.count}\n")
+    else:
+        _emit("tokenize", result, json_out)
+
+
+def detokenize_command(
+    token_ids: Annotated[Optional[List[str]], typer.Argument(
+        metavar="ID...", help="Token ids (also comma-separated); absent: read them from stdin.",
+        show_default=False)] = None,
+    model: ModelOpt = None,
+    json_out: JsonOpt = False,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = "cpu",
+    threads: ThreadsOpt = None,
+) -> None:
+    """Turn token ids back into text (the inverse of tokenize).
+
+    Piped, prints exactly the text (no newline added), so `tokenize --ids | detokenize`
+    round-trips. Control tokens (BOS, EOS) decode to nothing.
+
+    JSON (--json): {"ids", "text", "count", "tokens": [{"position", "id", "piece", "bytes", "hex", "kind"}]}.
+
+    Examples:
+
+        llmcli detokenize 1 450 4996 17354
+
+        llmcli tokenize --ids "ROMEO:" | llmcli detokenize
+    """
+    from llmcli.cli.common import _stdin_is_tty
+    from llmcli.inspection.tokens import detokenize_ids, parse_ids
+
+    _check_light_options(dtype, threads)
+    words = list(token_ids or [])
+    if not words and not _stdin_is_tty():
+        words = [sys.stdin.read()]
+    parsed = parse_ids(words)
+    if not parsed:
+        raise UsageError("ID: no token ids given (pass them as arguments or on stdin)")
+    _, tokenizer = _tokenizer(model)
+    _emit("detokenize", detokenize_ids(tokenizer, parsed), json_out)
+
+
+# ----------------------------------------------------------------------------- embeddings
+def embeddings_command(
+    text: TextArg = None,
+    model: ModelOpt = None,
+    layer: Annotated[int, typer.Option(
+        "--layer", help="Hidden state after L blocks: 0 = embedding output, N = num_hidden_layers = "
+                        "after the final norm (transformers' output_hidden_states indexing).")] = 0,
+    dims: Annotated[int, typer.Option("--dims", help="How many leading values of each vector to show.")] = 8,
+    neighbors: Annotated[int, typer.Option(
+        "--neighbors", help="Also list the K nearest vocabulary tokens by cosine similarity "
+                            "(against the embedding matrix); 0 = off.", metavar="K")] = 0,
+    save: SaveOpt = None,
+    no_bos: NoBosOpt = False,
+    json_out: JsonOpt = False,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = "cpu",
+    threads: ThreadsOpt = None,
+) -> None:
+    """Each token's embedding row, or its hidden state after a given block.
+
+    Shows the first --dims values and the L2 norm of each vector. Position is not part of the
+    embedding: RoPE rotates queries and keys inside attention.
+
+    JSON (--json): {"tokens": [{"position", "id", "piece"}], "layer", "vectors": [[...]] (full
+    vectors), "norms", "neighbors"}. --save writes tensors "hidden_states" (tokens × hidden)
+    and "input_ids".
+
+    Examples:
+
+        llmcli embeddings "ROMEO:" --dims 6 --neighbors 5
+
+        llmcli embeddings "To be, or not to be" --layer 3 --save h3.safetensors
+    """
+    from llmcli.inspection.tensors import check_writable
+
+    ctx = _prepare(text, model, dtype, threads, no_bos)
+    n = ctx.config.num_hidden_layers
+    if not 0 <= layer <= n:
+        raise UsageError(f"--layer: {layer} is out of range [0, {n}] (0 = embedding output, "
+                         f"{n} = after the final norm)")
+    check_range("--dims", dims, 1, ctx.config.hidden_size)
+    check_range("--neighbors", neighbors, 0, ctx.config.vocab_size)
+    if save is not None:
+        check_writable(save)
+    _load_weights(ctx, dtype, device, threads)
+    from llmcli.inspection.tensors import embeddings_report, forward, hidden_state
+
+    _, capture = forward(ctx.model, ctx.ids)
+    result = embeddings_report(ctx.model, ctx.tokenizer, ctx.ids, capture, layer, neighbors)
+    if save is not None:
+        import torch
+
+        _save(save, {"hidden_states": hidden_state(capture, layer),
+                     "input_ids": torch.tensor(ctx.ids, dtype=torch.int64)},
+              _metadata(ctx, layer=layer, layer_name=result.layer_name), f"hidden_states[{layer}]")
+    _emit("embeddings", result, json_out, **({} if json_out else {"dims": dims}))
+
+
+# ----------------------------------------------------------------------------- logits
+def logits_command(
+    text: TextArg = None,
+    model: ModelOpt = None,
+    top: Annotated[int, typer.Option("--top", help="Show the N highest and the N lowest logits.",
+                                     metavar="N")] = 10,
+    all_positions: Annotated[bool, typer.Option(
+        "--all-positions", help="Show the logits after every position, not only the last.")] = False,
+    save: SaveOpt = None,
+    no_bos: NoBosOpt = False,
+    json_out: JsonOpt = False,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = "cpu",
+    threads: ThreadsOpt = None,
+) -> None:
+    """Raw next-token logits (before softmax) after the last position of TEXT.
+
+    Shows the top and bottom N with id and piece, and min/max/mean/std over the vocabulary.
+
+    JSON (--json): {"tokens", "position", "logits": [...full vocabulary...], "top": [{"id",
+    "piece", "logit"}], "bottom", "stats"}, plus "positions": [...] with --all-positions.
+    --save writes tensors "logits" (positions × vocab) and "input_ids".
+
+    Examples:
+
+        llmcli logits "ROMEO:" --top 5
+
+        llmcli logits "To be, or not" --all-positions --save logits.safetensors
+    """
+    from llmcli.inspection.tensors import check_writable
+
+    ctx = _prepare(text, model, dtype, threads, no_bos)
+    check_range("--top", top, 1, ctx.config.vocab_size)
+    if save is not None:
+        check_writable(save)
+    _load_weights(ctx, dtype, device, threads)
+    from llmcli.inspection.tensors import forward, logits_report
+
+    logits, _ = forward(ctx.model, ctx.ids)
+    result = logits_report(ctx.tokenizer, ctx.ids, logits, top, all_positions)
+    if save is not None:
+        import torch
+
+        _save(save, {"logits": logits, "input_ids": torch.tensor(ctx.ids, dtype=torch.int64)},
+              _metadata(ctx), "logits")
+    _emit("logits", result, json_out)
+
+
+# ----------------------------------------------------------------------------- topk
+def topk_command(
+    text: TextArg = None,
+    model: ModelOpt = None,
+    k: Annotated[int, typer.Option("-k", "--k", help="How many candidates to show.")] = 10,
+    temp: Annotated[float, typer.Option("--temp", "--temperature",
+                                        help="Temperature T: probabilities are softmax(logits / T).")] = 1.0,
+    top_p: Annotated[float, typer.Option("--top-p", help="Mark where top-p (nucleus) would cut (1 = off).")] = 0.95,
+    min_p: Annotated[float, typer.Option("--min-p", help="Mark where min-p would cut (0 = off).")] = 0.05,
+    steps: Annotated[int, typer.Option("--steps", help="Repeat for N generated tokens (KV cache).",
+                                       metavar="N")] = 1,
+    seed: Annotated[Optional[int], typer.Option(
+        "-s", "--seed", help="Sample each step's token (temperature, top-p, min-p applied) with this "
+                             "seed; without it the arg-max is chosen (greedy).", show_default=False)] = None,
+    no_bos: NoBosOpt = False,
+    json_out: JsonOpt = False,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = "cpu",
+    threads: ThreadsOpt = None,
+) -> None:
+    """The k most likely next tokens: probability bars, logprob, cumulative probability.
+
+    Marks where --top-p and --min-p would cut (the same filters generate uses; -k only sets how
+    many rows are shown) and gives the entropy in bits. With --steps N, repeats for N tokens,
+    each chosen greedily or, with --seed, sampled.
+
+    JSON (--json): {"steps": [{"candidates": [{"rank", "id", "piece", "logit", "prob", "logprob",
+    "cumulative"}], "chosen": {"id", "piece", "prob", ...}, "entropy_bits", "top_p_keep",
+    "min_p_keep", "kept"}], "tokens", ...}.
+
+    Examples:
+
+        llmcli topk "ROMEO:" -k 8
+
+        llmcli topk "To be, or not to" --steps 5 --temp 0.8 -s 42
+    """
+    from llmcli.sampling import SamplingParams
+
+    if not temp > 0:
+        raise UsageError(f"--temp: must be > 0 (probabilities are softmax(logits / T)), got {temp}")
+    SamplingParams(temperature=temp, top_k=0, top_p=top_p, min_p=min_p, seed=seed).validate()
+    if steps < 1:
+        raise UsageError(f"--steps: must be at least 1, got {steps}")
+    ctx = _prepare(text, model, dtype, threads, no_bos)
+    check_range("-k", k, 1, ctx.config.vocab_size)
+    context = ctx.config.max_position_embeddings
+    if len(ctx.ids) + steps - 1 > context:
+        raise UsageError(f"--steps: {len(ctx.ids)} prompt tokens + {steps - 1} generated exceed the "
+                         f"model's context of {context} tokens")
+    _load_weights(ctx, dtype, device, threads)
+    from llmcli.inspection.tensors import topk_report
+
+    result = topk_report(ctx.model, ctx.tokenizer, ctx.ids, k, temperature=temp, top_p=top_p,
+                         min_p=min_p, steps=steps, seed=seed,
+                         eos_ids=ctx.config.eos_token_id or [ctx.tokenizer.eos_id])
+    _emit("topk", result, json_out)
+
+
+# ----------------------------------------------------------------------------- info
+def info_command(
+    model: ModelOpt = None,
+    json_out: JsonOpt = False,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = "cpu",
+    threads: ThreadsOpt = None,
+) -> None:
+    """Describe a model directory: architecture, config, parameters, tensors, tokenizer.
+
+    Parameter counts (total, embedding, per block), every tensor's shape, dtype and size, the
+    tokenizer's vocabulary and special tokens, and the context length. Reads only the
+    safetensors headers (fast; never torch).
+
+    JSON (--json): {"model_dir", "architecture", "config", "derived", "context_length",
+    "parameters": {"total", "embedding", "per_block", ...}, "tensors": [{"name", "shape",
+    "dtype", "numel", "bytes"}], "weights_bytes", "tokenizer": {"vocab_size", "special", ...}}.
+
+    Examples:
+
+        llmcli info
+
+        llmcli info -m path/to/llama-dir --json
+    """
+    from llmcli.inspection.info import model_info
+
+    _check_light_options(dtype, threads)
+    _emit("info", model_info(resolve_model_dir(model)), json_out)
+
+
+# ----------------------------------------------------------------------------- trace
+def trace_command(
+    text: TextArg = None,
+    model: ModelOpt = None,
+    k: Annotated[int, typer.Option("-k", "--k", help="Candidates shown per stage (logit lens, softmax).")] = 5,
+    temp: Annotated[float, typer.Option("--temp", "--temperature",
+                                        help="Temperature of the softmax shown.")] = 1.0,
+    attention: Annotated[Optional[int], typer.Option(
+        "--attention", help="Draw block L's attention pattern (0-based, as model.layers.L) as a heat map.",
+        metavar="L", show_default=False)] = None,
+    head: Annotated[Optional[int], typer.Option(
+        "--head", help="With --attention: only head H (default: the mean of all heads).", metavar="H",
+        show_default=False)] = None,
+    no_bos: NoBosOpt = False,
+    json_out: JsonOpt = False,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = "cpu",
+    threads: ThreadsOpt = None,
+) -> None:
+    """Walk one next-token prediction through every stage, in order.
+
+    Tokens → embedding norms → for each block: the residual-stream norm, each attention head's
+    most-attended token (for the last position) and the logit lens (the top tokens if the
+    residual went through the final norm and lm_head there) → final logits → softmax top-k →
+    the chosen (arg-max) token.
+
+    JSON (--json): {"tokens", "embedding_norms", "layers": [{"layer", "residual_norm", "heads":
+    [{"head", "position", "id", "piece", "weight"}], "lens": [...]}], "logits": {"stats", "top"},
+    "top", "entropy_bits", "chosen", "attention": {"layer", "head", "weights"} | null}.
+
+    Examples:
+
+        llmcli trace "ROMEO:"
+
+        llmcli trace "To be, or not to be" --attention 2 --head 1
+    """
+    if not temp > 0:
+        raise UsageError(f"--temp: must be > 0, got {temp}")
+    if head is not None and attention is None:
+        raise UsageError("--head: needs --attention L (the block whose heads to draw)")
+    ctx = _prepare(text, model, dtype, threads, no_bos)
+    n, h = ctx.config.num_hidden_layers, ctx.config.num_attention_heads
+    check_range("-k", k, 1, ctx.config.vocab_size)
+    if attention is not None and not 0 <= attention < n:
+        raise UsageError(f"--attention: {attention} is out of range [0, {n - 1}] (blocks are "
+                         f"numbered from 0, as model.layers.L)")
+    if head is not None and not 0 <= head < h:
+        raise UsageError(f"--head: {head} is out of range [0, {h - 1}] ({h} attention heads)")
+    _load_weights(ctx, dtype, device, threads)
+    from llmcli.inspection.tensors import trace_report
+
+    result = trace_report(ctx.model, ctx.tokenizer, ctx.ids, k=k, temperature=temp,
+                          attention_layer=attention, head=head)
+    _emit("trace", result, json_out)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("tokenize")(tokenize_command)
+    app.command("detokenize")(detokenize_command)
+    app.command("embeddings")(embeddings_command)
+    app.command("logits")(logits_command)
+    app.command("topk")(topk_command)
+    app.command("info")(info_command)
+    app.command("trace")(trace_command)

@@ -1,0 +1,209 @@
+"""What a model directory holds: config, tensors (from the safetensors headers), parameter
+counts, tokenizer. Never imports torch and never reads tensor data, so it is instant even for
+large checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from llmcli.errors import LLMCLIError
+
+#: safetensors dtype names → torch-style names (for display).
+_DTYPE_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+                "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
+                "BOOL": "bool", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
+
+_LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.")
+
+
+@dataclass
+class TensorInfo:
+    name: str
+    shape: list[int]
+    dtype: str
+    nbytes: int
+    file: str
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "shape": self.shape, "dtype": self.dtype,
+                "numel": self.numel, "bytes": self.nbytes, "file": self.file}
+
+
+@dataclass
+class ModelInfo:
+    """Everything ``llmcli info`` shows (plain data)."""
+
+    model_dir: str
+    architecture: str
+    model_type: str
+    config: dict                       # config.json as written
+    derived: dict                      # head_dim, kv heads, rope type, ... as llmcli reads them
+    context_length: int
+    parameters: dict                   # total, embedding, lm_head, final_norm, per_block [...], block_breakdown
+    tensors: list[TensorInfo]
+    weights_bytes: int                 # sum of tensor sizes in the files
+    files: list[dict]                  # [{"name", "bytes"}] of the directory
+    tokenizer: dict | None             # vocab_size, special tokens, counts by kind; None if absent
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"model_dir": self.model_dir, "architecture": self.architecture,
+                "model_type": self.model_type, "config": self.config, "derived": self.derived,
+                "context_length": self.context_length, "parameters": self.parameters,
+                "tensors": [t.to_dict() for t in self.tensors], "weights_bytes": self.weights_bytes,
+                "files": self.files, "tokenizer": self.tokenizer, "notes": self.notes}
+
+
+def read_safetensors_header(path: Path) -> dict:
+    """The JSON header of a safetensors file: ``{name: {"dtype", "shape", "data_offsets"}}``.
+
+    Raises:
+        LLMCLIError: not a safetensors file (or a Git LFS pointer), or a corrupt header.
+    """
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        head = fh.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else 0
+        if head.startswith(b"version "):
+            raise LLMCLIError(f"{path}: is a Git LFS pointer, not the weights (run `git lfs pull`)")
+        if n <= 0 or 8 + n > size:
+            raise LLMCLIError(f"{path}: not a safetensors file (bad header)")
+        raw = fh.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise LLMCLIError(f"{path}: corrupt safetensors header ({exc})") from None
+    header.pop("__metadata__", None)
+    return header
+
+
+def model_info(model_dir: Path | str) -> ModelInfo:
+    """Describe ``model_dir`` (HF layout).
+
+    Raises:
+        LLMCLIError: no directory, a missing or invalid config.json, unreadable weights.
+    """
+    from llmcli.config import LlamaConfig
+    from llmcli.weights import weight_files
+
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise LLMCLIError(f"{model_dir}: no such model directory")
+    config = LlamaConfig.from_file(model_dir / "config.json")
+    raw = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    notes: list[str] = []
+
+    tensors: list[TensorInfo] = []
+    for path in weight_files(model_dir):
+        for name, meta in read_safetensors_header(path).items():
+            start, end = meta.get("data_offsets", [0, 0])
+            tensors.append(TensorInfo(name=name, shape=list(meta.get("shape", [])),
+                                      dtype=_DTYPE_NAMES.get(meta.get("dtype"), str(meta.get("dtype"))),
+                                      nbytes=int(end) - int(start), file=path.name))
+    tensors.sort(key=_tensor_sort_key)
+    by_name = {t.name: t for t in tensors}
+    counted = [t for t in tensors if not t.name.endswith("rotary_emb.inv_freq")]
+    if config.tie_word_embeddings and "lm_head.weight" in by_name:
+        counted = [t for t in counted if t.name != "lm_head.weight"]
+        notes.append("lm_head.weight is stored but tie_word_embeddings is true: the embedding is used")
+
+    per_block = [0] * config.num_hidden_layers
+    breakdown = {"attention": 0, "mlp": 0, "norms": 0}
+    for t in counted:
+        m = _LAYER_RE.match(t.name)
+        if m and int(m.group(1)) < config.num_hidden_layers:
+            per_block[int(m.group(1))] += t.numel
+            if int(m.group(1)) == 0:
+                part = ("attention" if ".self_attn." in t.name else
+                        "mlp" if ".mlp." in t.name else "norms")
+                breakdown[part] += t.numel
+    embed = by_name.get("model.embed_tokens.weight")
+    lm_head = by_name.get("lm_head.weight")
+    norm = by_name.get("model.norm.weight")
+    parameters = {
+        "total": sum(t.numel for t in counted),
+        "embedding": embed.numel if embed else 0,
+        "lm_head": 0 if config.tie_word_embeddings or lm_head is None else lm_head.numel,
+        "lm_head_tied": config.tie_word_embeddings,
+        "final_norm": norm.numel if norm else 0,
+        "per_block": per_block,
+        "block_breakdown": breakdown,  # of block 0 (every block has the same shapes)
+    }
+    derived = {"hidden_size": config.hidden_size, "num_hidden_layers": config.num_hidden_layers,
+               "num_attention_heads": config.num_attention_heads,
+               "num_key_value_heads": config.num_key_value_heads, "head_dim": config.head_dim,
+               "attention": ("multi-head" if config.num_key_value_heads == config.num_attention_heads
+                             else "multi-query" if config.num_key_value_heads == 1 else "grouped-query"),
+               "intermediate_size": config.intermediate_size, "vocab_size": config.vocab_size,
+               "rope_theta": config.rope_theta, "rope_type": config.rope_type,
+               "rms_norm_eps": config.rms_norm_eps, "tie_word_embeddings": config.tie_word_embeddings,
+               "bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id,
+               "storage_dtype": embed.dtype if embed else None}
+    files = sorted(({"name": p.name, "bytes": p.stat().st_size} for p in model_dir.iterdir() if p.is_file()),
+                   key=lambda f: f["name"])
+    return ModelInfo(model_dir=str(model_dir), architecture=", ".join(raw.get("architectures") or [])
+                     or "LlamaForCausalLM", model_type=config.model_type, config=raw, derived=derived,
+                     context_length=config.max_position_embeddings, parameters=parameters,
+                     tensors=tensors, weights_bytes=sum(t.nbytes for t in tensors), files=files,
+                     tokenizer=tokenizer_info(model_dir / "tokenizer.model", notes), notes=notes)
+
+
+def tokenizer_info(path: Path, notes: list[str] | None = None) -> dict | None:
+    """Vocabulary size, special tokens and piece counts by kind of a ``tokenizer.model``;
+    ``None`` (with a note) if it is missing or unreadable."""
+    from llmcli.tokenizer import Tokenizer
+
+    try:
+        tok = Tokenizer(path)
+    except LLMCLIError as exc:
+        if notes is not None:
+            notes.append(str(exc))
+        return None
+    sp = tok.sp
+    counts = {"normal": 0, "control": 0, "byte": 0, "unknown": 0, "user_defined": 0, "unused": 0}
+    control = []
+    for i in range(tok.vocab_size):
+        if sp.is_control(i):
+            counts["control"] += 1
+            control.append({"id": i, "piece": sp.id_to_piece(i)})
+        elif sp.is_unknown(i):
+            counts["unknown"] += 1
+        elif sp.is_byte(i):
+            counts["byte"] += 1
+        elif sp.is_unused(i):
+            counts["unused"] += 1
+        elif hasattr(sp, "IsUserDefined") and sp.IsUserDefined(i):
+            counts["user_defined"] += 1
+        else:
+            counts["normal"] += 1
+
+    def special(token_id: int) -> dict | None:
+        return None if token_id < 0 else {"id": token_id, "piece": sp.id_to_piece(token_id)}
+
+    return {"path": str(path), "vocab_size": tok.vocab_size,
+            "special": {"bos": special(sp.bos_id()), "eos": special(sp.eos_id()),
+                        "unk": special(sp.unk_id()), "pad": special(sp.pad_id())},
+            "control_tokens": control, "kinds": counts,
+            "byte_fallback": counts["byte"] == 256}
+
+
+def _tensor_sort_key(t: TensorInfo):
+    m = _LAYER_RE.match(t.name)
+    if t.name.startswith("model.embed_tokens"):
+        return (0, 0, t.name)
+    if m:
+        return (1, int(m.group(1)), t.name)
+    if t.name.startswith("model.norm"):
+        return (2, 0, t.name)
+    return (3, 0, t.name)

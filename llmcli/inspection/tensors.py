@@ -1,0 +1,432 @@
+"""Inspections that run the model: embeddings and hidden states, logits, top-k, a full trace.
+
+Every ``*_report`` function takes the model's outputs (or runs the model itself) and returns a
+dataclass of plain Python data; ``to_dict()`` gives the JSON document of the matching command.
+Tensors leave this module only through :func:`forward` (for ``--save``).
+
+Indexing (as transformers): ``hidden_states[0]`` is the embedding output, ``hidden_states[L]``
+the residual stream after L blocks, ``hidden_states[N]`` the final norm's output; blocks
+(``model.layers.i``) and attention maps are numbered from 0.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from llmcli.errors import LLMCLIError
+from llmcli.model import Capture
+from llmcli.sampling import (Sampler, SamplingParams, apply_min_p, apply_temperature, apply_top_p,
+                             filter_logits)
+
+#: How position enters a Llama model (shown by ``embeddings`` and ``trace``).
+POSITION_NOTE = ("Position is not added to the embedding: RoPE rotates each query and key vector "
+                 "by an angle proportional to its position inside every attention layer, so "
+                 "attention scores depend on relative position; the embedding row of a token "
+                 "is the same at every position.")
+
+_LN2 = math.log(2.0)
+
+
+# ----------------------------------------------------------------------------- helpers
+def token_dicts(tokenizer, ids: list[int]) -> list[dict]:
+    """``[{"position", "id", "piece"}]`` for ``ids``."""
+    return [{"position": i, "id": t, "piece": piece_of(tokenizer, t)} for i, t in enumerate(ids)]
+
+
+def piece_of(tokenizer, token_id: int) -> str:
+    """The vocabulary piece of ``token_id``; ``<id N>`` for ids the model has beyond the
+    tokenizer's vocabulary (checkpoints whose embedding matrix is padded)."""
+    if 0 <= token_id < tokenizer.vocab_size:
+        return tokenizer.piece(token_id)
+    return f"<id {token_id}>"
+
+
+def token_text(tokenizer, token_id: int) -> str:
+    """The text a token adds (``▁`` as a space; a lone byte of a multi-byte character as U+FFFD)."""
+    if not 0 <= token_id < tokenizer.vocab_size:
+        return ""
+    return tokenizer.token_bytes(token_id).decode("utf-8", errors="replace")
+
+
+def forward(model, ids: list[int], attentions: bool = False) -> tuple[torch.Tensor, Capture]:
+    """One full causal forward of ``ids`` → ``(logits (T, V) float32, capture)``.
+
+    ``capture.hidden_states`` has N+1 tensors (1, T, D), ``capture.residuals`` N, and with
+    ``attentions`` ``capture.attentions`` N tensors (1, H, T, T) of softmax weights (eager path).
+    """
+    capture = Capture(attentions_wanted=attentions)
+    with torch.inference_mode():
+        x = torch.tensor([ids], dtype=torch.long, device=model.device)
+        logits = model(x, capture=capture)[0].float()
+    return logits, capture
+
+
+def logit_stats(logits: torch.Tensor) -> dict:
+    """min, max, mean and (population) std of a logits vector."""
+    x = logits.double()
+    return {"min": float(x.min()), "max": float(x.max()), "mean": float(x.mean()),
+            "std": float(x.std(correction=0))}
+
+
+def entropy_bits(probs: torch.Tensor) -> float:
+    """Shannon entropy of a distribution, in bits."""
+    return float(torch.special.entr(probs.double()).sum() / _LN2)
+
+
+def _ranked(tokenizer, logits: torch.Tensor, k: int, largest: bool = True) -> list[dict]:
+    values, ids = torch.topk(logits, min(k, logits.shape[-1]), largest=largest)
+    return [{"id": int(i), "piece": piece_of(tokenizer, int(i)), "logit": float(v)}
+            for i, v in zip(ids.tolist(), values.tolist())]
+
+
+def candidates(tokenizer, logits: torch.Tensor, k: int, temperature: float = 1.0) -> list[dict]:
+    """The ``k`` most probable tokens of ``softmax(logits / temperature)``, most probable first:
+    ``[{"rank", "id", "piece", "logit", "prob", "logprob", "cumulative"}]`` (``logit`` raw,
+    ``cumulative`` the probability of this token and all above it)."""
+    scaled = apply_temperature(logits.float(), temperature)
+    logp = torch.log_softmax(scaled.double(), dim=-1)
+    values, ids = torch.topk(scaled, min(k, scaled.shape[-1]))
+    out, cum = [], 0.0
+    for rank, i in enumerate(ids.tolist()):
+        p = math.exp(float(logp[i]))
+        cum += p
+        out.append({"rank": rank, "id": i, "piece": piece_of(tokenizer, i), "logit": float(logits[i]),
+                    "prob": p, "logprob": float(logp[i]), "cumulative": cum})
+    return out
+
+
+def save_safetensors(path: Path | str, tensors: dict[str, torch.Tensor], metadata: dict[str, str],
+                     option: str = "--save") -> Path:
+    """Write ``tensors`` to ``path`` atomically: a temporary file beside it, then ``os.replace``.
+
+    Raises:
+        LLMCLIError: the path cannot be written (naming ``option``); nothing is left behind.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    check_writable(path, option)
+    fd, tmp = None, None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+        os.close(fd)
+        save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, tmp,
+                  metadata=metadata)
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as exc:
+        raise LLMCLIError(f"{option}: cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+    return path
+
+
+def check_writable(path: Path | str, option: str = "--save") -> None:
+    """Fail early (before any computing) if ``path`` cannot be created or replaced.
+
+    Raises:
+        LLMCLIError: the folder is missing or not writable, or the path is a folder.
+    """
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise LLMCLIError(f"{option}: {path} is a directory; give a file name such as out.safetensors")
+    if not parent.is_dir():
+        raise LLMCLIError(f"{option}: cannot write {path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise LLMCLIError(f"{option}: cannot write {path}: folder {parent} is not writable")
+
+
+# ----------------------------------------------------------------------------- embeddings
+@dataclass
+class EmbeddingsResult:
+    """Hidden state ``layer`` of each token: full ``vectors`` (T × D), their L2 ``norms``,
+    and the ``neighbors`` of each vector in the embedding matrix (cosine similarity)."""
+
+    tokens: list[dict]
+    layer: int
+    num_layers: int
+    hidden_size: int
+    layer_name: str
+    vectors: list[list[float]]
+    norms: list[float]
+    neighbors: list[list[dict]] = field(default_factory=list)
+    position_note: str = POSITION_NOTE
+
+    def to_dict(self) -> dict:
+        return {"tokens": self.tokens, "layer": self.layer, "layer_name": self.layer_name,
+                "num_layers": self.num_layers, "hidden_size": self.hidden_size,
+                "vectors": self.vectors, "norms": self.norms, "neighbors": self.neighbors,
+                "position_note": self.position_note}
+
+
+def layer_name(layer: int, num_layers: int) -> str:
+    """What ``hidden_states[layer]`` is, in words."""
+    if layer == 0:
+        return "embedding output (model.embed_tokens)"
+    if layer == num_layers:
+        return f"after the final norm (model.norm, following block {num_layers - 1})"
+    return f"residual stream after {layer} block(s) (output of model.layers.{layer - 1})"
+
+
+def hidden_state(capture: Capture, layer: int) -> torch.Tensor:
+    """``hidden_states[layer]`` of sequence 0 → (T, D) float32."""
+    return capture.hidden_states[layer][0].float()
+
+
+def nearest_tokens(model, tokenizer, vectors: torch.Tensor, k: int) -> list[list[dict]]:
+    """For each row of ``vectors`` (T, D), the ``k`` vocabulary tokens whose embedding rows are
+    most cosine-similar: ``[[{"id", "piece", "cosine"}]]``."""
+    if k <= 0:
+        return []
+    emb = model.model.embed_tokens.weight.detach().float()                      # (V, D)
+    with torch.inference_mode():
+        sims = torch.nn.functional.normalize(vectors.float(), dim=-1) @ \
+            torch.nn.functional.normalize(emb, dim=-1).T                       # (T, V)
+        values, ids = torch.topk(sims, min(k, sims.shape[-1]), dim=-1)
+    return [[{"id": int(i), "piece": piece_of(tokenizer, int(i)), "cosine": float(v)}
+             for i, v in zip(row_ids, row_vals)]
+            for row_ids, row_vals in zip(ids.tolist(), values.tolist())]
+
+
+def embeddings_report(model, tokenizer, ids: list[int], capture: Capture, layer: int,
+                      neighbors: int = 0) -> EmbeddingsResult:
+    """Hidden state ``layer`` (0..N) of each token, from a :func:`forward` capture."""
+    n = model.config.num_hidden_layers
+    h = hidden_state(capture, layer)                                             # (T, D)
+    return EmbeddingsResult(tokens=token_dicts(tokenizer, ids), layer=layer, num_layers=n,
+                            hidden_size=model.config.hidden_size, layer_name=layer_name(layer, n),
+                            vectors=h.tolist(), norms=h.norm(dim=-1).tolist(),
+                            neighbors=nearest_tokens(model, tokenizer, h, neighbors))
+
+
+# ----------------------------------------------------------------------------- logits
+@dataclass
+class PositionLogits:
+    """The raw next-token logits after one position."""
+
+    position: int
+    token: dict
+    stats: dict
+    top: list[dict]
+    bottom: list[dict]
+    logits: list[float]
+
+    def to_dict(self) -> dict:
+        return {"position": self.position, "token": self.token, "stats": self.stats,
+                "top": self.top, "bottom": self.bottom, "logits": self.logits}
+
+
+@dataclass
+class LogitsResult:
+    tokens: list[dict]
+    vocab_size: int
+    positions: list[PositionLogits]   # the last position only, or all of them
+
+    def to_dict(self) -> dict:
+        last = self.positions[-1]
+        out = {"tokens": self.tokens, "vocab_size": self.vocab_size, "position": last.position,
+               "logits": last.logits, "top": last.top, "bottom": last.bottom, "stats": last.stats}
+        if len(self.positions) > 1:
+            out["positions"] = [p.to_dict() for p in self.positions]
+        return out
+
+
+def logits_report(tokenizer, ids: list[int], logits: torch.Tensor, top: int,
+                  all_positions: bool = False) -> LogitsResult:
+    """Top and bottom ``top`` logits and statistics after the last position (or every one),
+    from ``logits`` (T, V)."""
+    tokens = token_dicts(tokenizer, ids)
+    rows = range(logits.shape[0]) if all_positions else [logits.shape[0] - 1]
+    positions = [PositionLogits(position=t, token=tokens[t], stats=logit_stats(logits[t]),
+                                top=_ranked(tokenizer, logits[t], top),
+                                bottom=_ranked(tokenizer, logits[t], top, largest=False),
+                                logits=logits[t].tolist())
+                 for t in rows]
+    return LogitsResult(tokens=tokens, vocab_size=int(logits.shape[-1]), positions=positions)
+
+
+# ----------------------------------------------------------------------------- top-k
+@dataclass
+class TopkStep:
+    """One next-token distribution: the ``k`` best candidates of softmax(logits / T), how many
+    tokens each filter keeps (counted from the top, by llmcli.sampling's own functions),
+    the entropy, and the token chosen."""
+
+    position: int                 # the position whose next token is predicted
+    candidates: list[dict]
+    entropy_bits: float
+    top_p_keep: int               # tokens apply_top_p keeps (1..V)
+    min_p_keep: int               # tokens apply_min_p keeps
+    kept: int                     # tokens sampling draws from (every filter applied)
+    chosen: dict
+
+    def to_dict(self) -> dict:
+        return {"position": self.position, "candidates": self.candidates, "chosen": self.chosen,
+                "entropy_bits": self.entropy_bits, "top_p_keep": self.top_p_keep,
+                "min_p_keep": self.min_p_keep, "kept": self.kept}
+
+
+@dataclass
+class TopkResult:
+    tokens: list[dict]
+    k: int
+    temperature: float
+    top_p: float
+    min_p: float
+    sampled: bool
+    seed: int | None
+    steps: list[TopkStep]
+    stop_reason: str = "steps"
+
+    def to_dict(self) -> dict:
+        return {"tokens": self.tokens, "k": self.k, "temperature": self.temperature,
+                "top_p": self.top_p, "min_p": self.min_p,
+                "mode": "sampled" if self.sampled else "greedy", "seed": self.seed,
+                "steps": [s.to_dict() for s in self.steps], "stop_reason": self.stop_reason}
+
+
+def topk_step(tokenizer, logits: torch.Tensor, k: int, temperature: float, top_p: float,
+              min_p: float, position: int = 0) -> TopkStep:
+    """The distribution after one position (``logits`` (V,)), without choosing a token
+    (``chosen`` is filled by :func:`topk_report`)."""
+    scaled = apply_temperature(logits.float(), temperature)
+    probs = torch.softmax(scaled.double(), dim=-1)
+    kept = filter_logits(logits, SamplingParams(temperature=temperature, top_k=0, top_p=top_p,
+                                                min_p=min_p))
+    return TopkStep(position=position, candidates=candidates(tokenizer, logits, k, temperature),
+                    entropy_bits=entropy_bits(probs),
+                    top_p_keep=int(torch.isfinite(apply_top_p(scaled, top_p)).sum()),
+                    min_p_keep=int(torch.isfinite(apply_min_p(scaled, min_p)).sum()),
+                    kept=int(torch.isfinite(kept).sum()), chosen={})
+
+
+def topk_report(model, tokenizer, ids: list[int], k: int, temperature: float = 1.0,
+                top_p: float = 1.0, min_p: float = 0.0, steps: int = 1, seed: int | None = None,
+                eos_ids: list[int] | None = None) -> TopkResult:
+    """Top-k of softmax(logits / T) after the last token, then after each of ``steps - 1``
+    generated tokens (greedy, or sampled by :class:`llmcli.sampling.Sampler` with the same
+    temperature, top-p and min-p when ``seed`` is given), using the KV cache.
+
+    Raises:
+        LLMCLIError: the prompt plus the steps do not fit the context.
+    """
+    context = model.config.max_position_embeddings
+    if len(ids) + steps - 1 > context:
+        raise LLMCLIError(f"--steps: {len(ids)} prompt tokens + {steps - 1} generated ones exceed "
+                          f"the model's context of {context} tokens")
+    sampled = seed is not None
+    params = SamplingParams(temperature=temperature if sampled else 0.0, top_k=0, top_p=top_p,
+                            min_p=min_p, seed=seed)
+    sampler = Sampler(params)
+    eos = set(eos_ids if eos_ids is not None else [tokenizer.eos_id])
+    context_ids = list(ids)
+    out: list[TopkStep] = []
+    stop_reason = "steps"
+    with torch.inference_mode():
+        cache = model.new_cache(batch=1, max_len=len(ids) + steps - 1)
+        x = torch.tensor([ids], dtype=torch.long, device=model.device)
+        logits = model(x, cache=cache, last_only=True)[0, -1].float()          # (V,)
+        for step in range(steps):
+            st = topk_step(tokenizer, logits, k, temperature, top_p, min_p, position=len(context_ids) - 1)
+            token = sampler(logits)
+            logp = torch.log_softmax(apply_temperature(logits, temperature).double(), dim=-1)
+            rank = int((logits > logits[token]).sum())
+            st.chosen = {"id": token, "piece": piece_of(tokenizer, token), "text": token_text(tokenizer, token),
+                         "logit": float(logits[token]), "prob": math.exp(float(logp[token])),
+                         "logprob": float(logp[token]), "rank": rank}
+            out.append(st)
+            context_ids.append(token)
+            if token in eos:
+                stop_reason = "eos"
+                break
+            if step < steps - 1:
+                x = torch.tensor([[token]], dtype=torch.long, device=model.device)
+                logits = model(x, cache=cache, last_only=True)[0, -1].float()
+    return TopkResult(tokens=token_dicts(tokenizer, ids), k=k, temperature=temperature, top_p=top_p,
+                      min_p=min_p, sampled=sampled, seed=sampler.seed if sampled else None,
+                      steps=out, stop_reason=stop_reason)
+
+
+# ----------------------------------------------------------------------------- trace
+@dataclass
+class TraceResult:
+    """One next-token prediction, stage by stage (for the last position)."""
+
+    tokens: list[dict]
+    embedding_norms: list[float]
+    layers: list[dict]        # per block: layer, residual_norm, residual_norms, heads, lens
+    final_norm: float         # norm of the last position after model.norm
+    stats: dict               # of the final logits
+    top_logits: list[dict]
+    candidates: list[dict]    # softmax top-k
+    entropy_bits: float
+    chosen: dict
+    attention: dict | None = None   # --attention: {"layer", "head", "weights": T×T}
+    position_note: str = POSITION_NOTE
+
+    def to_dict(self) -> dict:
+        return {"tokens": self.tokens, "embedding_norms": self.embedding_norms,
+                "position_note": self.position_note, "layers": self.layers,
+                "final_norm": self.final_norm,
+                "logits": {"stats": self.stats, "top": self.top_logits},
+                "top": self.candidates, "entropy_bits": self.entropy_bits,
+                "chosen": self.chosen, "attention": self.attention}
+
+
+def logit_lens(model, residual: torch.Tensor) -> torch.Tensor:
+    """``lm_head(norm(residual))`` (V,) float32: what the model would predict if the residual
+    stream stopped here (nostalgebraist 2020, "interpreting GPT: the logit lens")."""
+    with torch.inference_mode():
+        return model.lm_head(model.model.norm(residual)).float()
+
+
+def attention_map(capture: Capture, layer: int, head: int | None = None) -> torch.Tensor:
+    """Attention weights of block ``layer`` (0-based) → (T, T): one head, or the mean of all."""
+    w = capture.attentions[layer][0].float()                                      # (H, T, S)
+    return w[head] if head is not None else w.mean(dim=0)
+
+
+def trace_report(model, tokenizer, ids: list[int], k: int = 5, temperature: float = 1.0,
+                 attention_layer: int | None = None, head: int | None = None) -> TraceResult:
+    """Run ``ids`` once with every capture on and collect each stage for the last position."""
+    logits, cap = forward(model, ids, attentions=True)
+    last = logits[-1]                                                            # (V,)
+    layers = []
+    for i, residual in enumerate(cap.residuals):
+        r = residual[0].float()                                                  # (T, D)
+        w = cap.attentions[i][0, :, -1, :].float()                               # (H, S) last query
+        heads = []
+        for h in range(w.shape[0]):
+            j = int(torch.argmax(w[h]))
+            heads.append({"head": h, "position": j, "id": ids[j], "piece": piece_of(tokenizer, ids[j]),
+                          "weight": float(w[h, j])})
+        lens = logit_lens(model, residual[0, -1])
+        layers.append({"layer": i, "name": f"model.layers.{i}",
+                       "residual_norm": float(r[-1].norm()), "residual_norms": r.norm(dim=-1).tolist(),
+                       "heads": heads, "lens": candidates(tokenizer, lens, k, temperature)})
+    cands = candidates(tokenizer, last, k, temperature)
+    probs = torch.softmax(apply_temperature(last, temperature).double(), dim=-1)
+    chosen_id = int(torch.argmax(last))
+    chosen = {"id": chosen_id, "piece": piece_of(tokenizer, chosen_id), "text": token_text(tokenizer, chosen_id),
+              "logit": float(last[chosen_id]), "prob": float(probs[chosen_id]), "rule": "greedy (arg-max)"}
+    attention = None
+    if attention_layer is not None:
+        attention = {"layer": attention_layer, "head": head,
+                     "weights": attention_map(cap, attention_layer, head).tolist()}
+    return TraceResult(tokens=token_dicts(tokenizer, ids),
+                       embedding_norms=hidden_state(cap, 0).norm(dim=-1).tolist(), layers=layers,
+                       final_norm=float(cap.hidden_states[-1][0, -1].float().norm()),
+                       stats=logit_stats(last), top_logits=_ranked(tokenizer, last, k),
+                       candidates=cands, entropy_bits=entropy_bits(probs), chosen=chosen,
+                       attention=attention)

@@ -1,0 +1,721 @@
+"""Presentation of inspection results: rich views for a terminal, plain text for pipes, JSON.
+
+Every command's result (see :mod:`llmcli.inspection`) is shown by :func:`emit` in one of three
+modes (:func:`output_mode`): ``rich`` when stdout is a terminal (colours follow ``NO_COLOR``
+through rich), ``plain`` when piped, ``json`` with ``--json`` (one JSON document). Plain-text
+and JSON renderers never import rich; nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import unicodedata
+from typing import Any, Callable, Iterable
+
+#: Shading characters for heat maps and bars, lightest first.
+SHADES = " ░▒▓█"
+_EIGHTHS = " ▏▎▍▌▋▊▉█"
+_KIND_STYLE = {"normal": "", "control": "magenta", "byte": "yellow", "unknown": "bold red"}
+HEATMAP_MAX = 40  # most positions drawn on each axis of an attention heat map
+
+
+# ----------------------------------------------------------------------------- output plumbing
+def output_mode(json_flag: bool, file=None) -> str:
+    """``json`` with ``--json``, ``rich`` when ``file`` (stdout) is a terminal, else ``plain``."""
+    if json_flag:
+        return "json"
+    file = file or sys.stdout
+    try:
+        return "rich" if file.isatty() else "plain"
+    except (AttributeError, ValueError):
+        return "plain"
+
+
+def make_stdout_safe() -> None:
+    """Never crash on a stdout that cannot encode the text (e.g. ``PYTHONIOENCODING=ascii``)."""
+    try:
+        enc = (sys.stdout.encoding or "").lower().replace("-", "")
+        if enc != "utf8":
+            sys.stdout.reconfigure(errors="replace")
+    except (AttributeError, ValueError):
+        pass
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with non-finite floats replaced by ``None`` (JSON has no NaN/Infinity) and
+    bytes as lists of ints."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, (bytes, bytearray)):
+        return list(value)
+    return value
+
+
+def write_json(doc: Any, file=None, indent: int | None = None) -> None:
+    """One JSON document (UTF-8, not ASCII-escaped) and a newline."""
+    file = file or sys.stdout
+    file.write(json.dumps(jsonable(doc), ensure_ascii=False, indent=indent, allow_nan=False) + "\n")
+    file.flush()
+
+
+def console(file=None):
+    """A rich Console for stdout (or ``file``); rich honours ``NO_COLOR`` and ``TERM=dumb``."""
+    from rich.console import Console
+
+    return Console(file=file, highlight=False, soft_wrap=False)
+
+
+def emit(kind: str, result, mode: str, file=None, **options) -> None:
+    """Show ``result`` of command ``kind`` in ``mode`` (``rich``, ``plain`` or ``json``)."""
+    if mode == "json":
+        write_json(result.to_dict(), file)
+        return
+    if mode == "rich":
+        RICH[kind](result, console(file), **options)
+        return
+    file = file or sys.stdout
+    file.write(PLAIN[kind](result, **options))
+    file.flush()
+
+
+# ----------------------------------------------------------------------------- text helpers
+def visible(piece: str) -> str:
+    """A piece or text with control characters escaped (``\\n``, ``\\t``, ``\\x1b``); ``▁`` kept."""
+    out = []
+    for ch in piece:
+        if ch == "\n":
+            out.append("\\n")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ch == "\r":
+            out.append("\\r")
+        elif unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"):
+            out.append(f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
+        elif unicodedata.combining(ch) and not out:
+            out.append("\u25cc" + ch)  # a lone combining mark shown on a dotted circle
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def hex_bytes(data: bytes | list[int]) -> str:
+    return " ".join(f"{b:02x}" for b in data)
+
+
+def text_width(s: str) -> int:
+    """Terminal cells taken by ``s`` (wide East Asian characters count 2, combining marks 0)."""
+    w = 0
+    for ch in s:
+        if unicodedata.combining(ch):
+            continue
+        w += 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+    return w
+
+
+def clip(s: str, width: int) -> str:
+    """``s`` cut to ``width`` cells, with ``…`` when cut."""
+    if text_width(s) <= width:
+        return s
+    out, w = [], 0
+    for ch in s:
+        cw = text_width(ch)
+        if w + cw > width - 1:
+            break
+        out.append(ch)
+        w += cw
+    return "".join(out) + "…"
+
+
+def plain_table(headers: list[str], rows: Iterable[list[Any]], right: Iterable[int] = ()) -> str:
+    """Columns aligned with spaces (two between columns); ``right`` lists right-aligned columns."""
+    right = set(right)
+    rows = [[str(c) for c in row] for row in rows]
+    widths = [text_width(h) for h in headers]
+    for row in rows:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], text_width(cell))
+
+    def line(cells: list[str]) -> str:
+        parts = []
+        for i, cell in enumerate(cells):
+            pad = " " * (widths[i] - text_width(cell))
+            parts.append(pad + cell if i in right else cell + pad)
+        return "  ".join(parts).rstrip()
+
+    return "\n".join([line(headers)] + [line(r) for r in rows]) + "\n"
+
+
+def bar(fraction: float, width: int = 20) -> str:
+    """A horizontal bar of ``fraction`` (0–1) of ``width`` cells, in eighths of a cell."""
+    fraction = min(max(fraction, 0.0), 1.0)
+    eighths = int(round(fraction * width * 8))
+    full, rest = divmod(eighths, 8)
+    return ("█" * full + (_EIGHTHS[rest] if rest else "")).ljust(width)
+
+
+def shade(value: float) -> str:
+    """A shading character for ``value`` in [0, 1] (0 → space, 1 → █)."""
+    value = min(max(value, 0.0), 1.0)
+    return SHADES[min(len(SHADES) - 1, int(value * (len(SHADES) - 1) + 0.5))]
+
+
+def prob_style(p: float) -> str:
+    """A rich colour for a probability: green (sure) → yellow → red (unlikely)."""
+    if p >= 0.8:
+        return "green"
+    if p >= 0.5:
+        return "chartreuse3"
+    if p >= 0.25:
+        return "yellow"
+    if p >= 0.1:
+        return "dark_orange"
+    return "red"
+
+
+def fmt(x: float, digits: int = 4) -> str:
+    return f"{x:.{digits}f}" if x is not None and math.isfinite(x) else str(x)
+
+
+def _piece_text(piece: str, kind: str = "normal"):
+    """A rich Text of a piece: ``▁`` dimmed, coloured by kind."""
+    from rich.text import Text
+
+    text = Text(style=_KIND_STYLE.get(kind, ""))
+    for i, part in enumerate(visible(piece).split("\u2581")):
+        if i:
+            text.append("\u2581", style="dim")
+        text.append(part)
+    return text
+
+
+def _table(*columns: tuple[str, str], title: str | None = None):
+    from rich import box
+    from rich.table import Table
+
+    table = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left", pad_edge=False)
+    for name, justify in columns:
+        table.add_column(name, justify=justify, no_wrap=True)
+    return table
+
+
+# ----------------------------------------------------------------------------- tokenize
+def _roundtrip_lines(result) -> list[str]:
+    if result.roundtrip_ok:
+        return ["round-trip: ok (decode(encode(text)) == text)"]
+    return ["round-trip: DIFFERS: decode(encode(text)) = " + repr(result.decoded)] + \
+        ["  - " + n for n in result.roundtrip_notes]
+
+
+def _totals_line(result) -> str:
+    per = f" · {result.characters / result.count:.2f} characters/token" if result.count else ""
+    ctx = ""
+    if result.context_length is not None and result.count > result.context_length:
+        ctx = f" · longer than the model's context of {result.context_length} tokens"
+    return f"{result.count} tokens · {result.characters} characters · {result.num_bytes} bytes{per}{ctx}"
+
+
+def tokenize_plain(result) -> str:
+    table = plain_table(["pos", "id", "piece", "bytes", "kind"],
+                        ([t.position, t.id, visible(t.piece), hex_bytes(t.bytes), t.kind]
+                         for t in result.tokens), right=(0, 1))
+    return table + _totals_line(result) + "\n" + "\n".join(_roundtrip_lines(result)) + "\n"
+
+
+def tokenize_rich(result, con) -> None:
+    table = _table(("pos", "right"), ("id", "right"), ("piece", "left"), ("bytes", "left"),
+                   ("kind", "left"))
+    for t in result.tokens:
+        table.add_row(str(t.position), str(t.id), _piece_text(t.piece, t.kind),
+                      hex_bytes(t.bytes), t.kind, style=_KIND_STYLE.get(t.kind) or None)
+    con.print(table)
+    con.print(_totals_line(result), style="bold")
+    lines = _roundtrip_lines(result)
+    con.print(lines[0], style="green" if result.roundtrip_ok else "yellow", markup=False)
+    for line in lines[1:]:
+        con.print(line, markup=False)
+
+
+def detokenize_plain(result) -> str:
+    return result.text  # exactly the text, so `tokenize --ids | detokenize` round-trips
+
+
+def detokenize_rich(result, con) -> None:
+    table = _table(("pos", "right"), ("id", "right"), ("piece", "left"), ("bytes", "left"),
+                   ("kind", "left"))
+    for t in result.tokens:
+        table.add_row(str(t.position), str(t.id), _piece_text(t.piece, t.kind), hex_bytes(t.bytes), t.kind)
+    con.print(table)
+    con.print(f"{len(result.ids)} tokens → {len(result.text)} characters:", style="bold")
+    con.out(result.text, highlight=False)
+
+
+# ----------------------------------------------------------------------------- embeddings
+def _dims_header(dims: int) -> list[str]:
+    return [f"d{i}" for i in range(dims)]
+
+
+def embeddings_plain(result, dims: int = 8) -> str:
+    dims = min(dims, result.hidden_size)
+    out = [f"hidden_states[{result.layer}]: {result.layer_name} · hidden size {result.hidden_size}"]
+    headers = ["pos", "id", "piece", "norm"] + _dims_header(dims)
+    rows = []
+    for tok, vec, norm in zip(result.tokens, result.vectors, result.norms):
+        rows.append([tok["position"], tok["id"], visible(tok["piece"]), f"{norm:.4f}"]
+                    + [f"{v:+.4f}" for v in vec[:dims]])
+    out.append(plain_table(headers, rows, right=[0, 1, 3] + list(range(4, 4 + dims))).rstrip("\n"))
+    if result.neighbors:
+        out.append("")
+        out.append("nearest vocabulary tokens (cosine similarity to the embedding matrix rows):")
+        for tok, nbrs in zip(result.tokens, result.neighbors):
+            out.append(f"{tok['position']:>4} {visible(tok['piece'])}: "
+                       + "  ".join(f"{visible(n['piece'])} {n['cosine']:.3f}" for n in nbrs))
+    out.append("")
+    out.append("position: " + result.position_note)
+    return "\n".join(out) + "\n"
+
+
+def embeddings_rich(result, con, dims: int = 8) -> None:
+    dims = min(dims, result.hidden_size)
+    con.print(f"[bold]hidden_states[{result.layer}][/]: {result.layer_name} · "
+              f"hidden size {result.hidden_size}")
+    table = _table(("pos", "right"), ("id", "right"), ("piece", "left"), ("norm", "right"),
+                   *[(h, "right") for h in _dims_header(dims)])
+    for tok, vec, norm in zip(result.tokens, result.vectors, result.norms):
+        cells = []
+        for v in vec[:dims]:
+            cells.append(f"[{'cyan' if v >= 0 else 'magenta'}]{v:+.4f}[/]")
+        table.add_row(str(tok["position"]), str(tok["id"]), _piece_text(tok["piece"]),
+                      f"{norm:.4f}", *cells)
+    con.print(table)
+    if result.neighbors:
+        nt = _table(("pos", "right"), ("piece", "left"), ("nearest tokens (cosine)", "left"))
+        for tok, nbrs in zip(result.tokens, result.neighbors):
+            nt.add_row(str(tok["position"]), _piece_text(tok["piece"]),
+                       "  ".join(f"{visible(n['piece'])} [dim]{n['cosine']:.3f}[/]" for n in nbrs))
+        con.print(nt)
+    con.print(f"[dim]position: {result.position_note}[/]")
+
+
+# ----------------------------------------------------------------------------- logits
+def _stats_line(stats: dict) -> str:
+    return (f"min {stats['min']:.4f} · max {stats['max']:.4f} · mean {stats['mean']:.4f} · "
+            f"std {stats['std']:.4f}")
+
+
+def logits_plain(result) -> str:
+    out = []
+    for pos in result.positions:
+        out.append(f"next-token logits after position {pos.position} "
+                   f"({visible(pos.token['piece'])!s}, id {pos.token['id']}) · vocab {result.vocab_size}")
+        out.append(_stats_line(pos.stats))
+        n = len(pos.top)
+        rows = []
+        for i in range(n):
+            t, b = pos.top[i], pos.bottom[i]
+            rows.append([i + 1, t["id"], visible(t["piece"]), f"{t['logit']:.4f}", "|",
+                         b["id"], visible(b["piece"]), f"{b['logit']:.4f}"])
+        out.append(plain_table(["rank", "top id", "piece", "logit", "|", "bottom id", "piece", "logit"],
+                               rows, right=(0, 1, 3, 5, 7)).rstrip("\n"))
+        out.append("")
+    return "\n".join(out)
+
+
+def logits_rich(result, con) -> None:
+    from rich.columns import Columns
+
+    for pos in result.positions:
+        con.print(f"[bold]next-token logits after position {pos.position}[/] "
+                  f"({visible(pos.token['piece'])}, id {pos.token['id']}) · vocab {result.vocab_size}",
+                  highlight=False)
+        con.print(_stats_line(pos.stats))
+        tables = []
+        for title, rows, style in (("top", pos.top, "green"), ("bottom", pos.bottom, "red")):
+            t = _table(("#", "right"), ("id", "right"), ("piece", "left"), ("logit", "right"), title=title)
+            for i, r in enumerate(rows):
+                t.add_row(str(i + 1), str(r["id"]), _piece_text(r["piece"]), f"[{style}]{r['logit']:.4f}[/]")
+            tables.append(t)
+        con.print(Columns(tables, padding=(0, 4)))
+
+
+# ----------------------------------------------------------------------------- topk
+def _cut_marks(step, k_shown: int, top_p: float, min_p: float) -> dict[int, list[str]]:
+    """Rank after which each filter cuts → labels (only cuts inside the shown rows)."""
+    marks: dict[int, list[str]] = {}
+    if top_p < 1.0 and step.top_p_keep < k_shown:
+        marks.setdefault(step.top_p_keep - 1, []).append(f"top-p {top_p:g} cuts here")
+    if min_p > 0.0 and step.min_p_keep < k_shown:
+        marks.setdefault(step.min_p_keep - 1, []).append(f"min-p {min_p:g} cuts here")
+    return marks
+
+
+def _filters_line(result, step) -> str:
+    parts = []
+    if result.top_p < 1.0:
+        parts.append(f"top-p {result.top_p:g} keeps {step.top_p_keep}")
+    if result.min_p > 0.0:
+        parts.append(f"min-p {result.min_p:g} keeps {step.min_p_keep}")
+    parts.append(f"sampling would draw from {step.kept} token(s)")
+    return " · ".join(parts)
+
+
+def _chosen_line(result, step) -> str:
+    c = step.chosen
+    how = f"sampled (seed {result.seed})" if result.sampled else "greedy"
+    return (f"chosen ({how}): {visible(c['piece'])} (id {c['id']}, p {c['prob']:.4f}, "
+            f"rank {c['rank'] + 1})")
+
+
+def _step_title(result, i, step) -> str:
+    if step.position < len(result.tokens):
+        where = f"after position {step.position} ({visible(result.tokens[step.position]['piece'])})"
+    else:  # after the token chosen at the previous step
+        where = f"after position {step.position} ({visible(result.steps[i - 1].chosen['piece'])}, generated)"
+    head = f"step {i + 1}/{len(result.steps)}: " if len(result.steps) > 1 else ""
+    return (f"{head}softmax(logits / {result.temperature:g}) {where} · "
+            f"entropy {step.entropy_bits:.3f} bits")
+
+
+def topk_plain(result) -> str:
+    out = []
+    for i, step in enumerate(result.steps):
+        out.append(_step_title(result, i, step))
+        marks = _cut_marks(step, len(step.candidates), result.top_p, result.min_p)
+        rows = []
+        for c in step.candidates:
+            rows.append([c["rank"] + 1, c["id"], visible(c["piece"]), f"{c['logit']:.4f}",
+                         bar(c["prob"], 20), f"{c['prob']:.4f}", f"{c['logprob']:.4f}",
+                         f"{c['cumulative']:.4f}"])
+        table = plain_table(["rank", "id", "piece", "logit", "prob", "", "logprob", "cum"],
+                            rows, right=(0, 1, 3, 5, 6, 7)).rstrip("\n").split("\n")
+        lines = [table[0]]
+        for rank, line in enumerate(table[1:]):
+            lines.append(line)
+            for label in marks.get(rank, []):
+                lines.append(f"  ---- {label} ----")
+        out.extend(lines)
+        out.append(_filters_line(result, step))
+        out.append(_chosen_line(result, step))
+        out.append("")
+    if len(result.steps) > 1 or result.stop_reason == "eos":
+        out.append("generated: " + "".join(s.chosen["text"] for s in result.steps).__repr__()
+                   + (" (stopped at end-of-sequence)" if result.stop_reason == "eos" else ""))
+    return "\n".join(out) + ("\n" if out and out[-1] else "")
+
+
+def topk_rich(result, con) -> None:
+    from rich.text import Text
+
+    for i, step in enumerate(result.steps):
+        con.print(_step_title(result, i, step), style="bold", highlight=False, markup=False)
+        marks = _cut_marks(step, len(step.candidates), result.top_p, result.min_p)
+        table = _table(("#", "right"), ("id", "right"), ("piece", "left"), ("logit", "right"),
+                       ("prob", "left"), ("", "right"), ("logprob", "right"), ("cum", "right"))
+        chosen = step.chosen.get("id")
+        for c in step.candidates:
+            style = prob_style(c["prob"])
+            table.add_row(str(c["rank"] + 1), str(c["id"]), _piece_text(c["piece"]), f"{c['logit']:.4f}",
+                          Text(bar(c["prob"], 24), style=style), f"{c['prob']:.4f}",
+                          f"{c['logprob']:.4f}", f"{c['cumulative']:.4f}",
+                          style="bold reverse" if c["id"] == chosen else None)
+            for label in marks.get(c["rank"], []):
+                table.add_row("", "", Text(f"── {label} ──", style="dim italic"), "", "", "", "", "")
+        con.print(table)
+        con.print(_filters_line(result, step), style="dim", markup=False)
+        con.print(_chosen_line(result, step), markup=False)
+        con.print()
+    if len(result.steps) > 1 or result.stop_reason == "eos":
+        text = Text("generated: ", style="bold")
+        for s in result.steps:
+            text.append(s.chosen["text"], style=prob_style(s.chosen["prob"]))
+        if result.stop_reason == "eos":
+            text.append("  (stopped at end-of-sequence)", style="dim")
+        con.print(text)
+
+
+# ----------------------------------------------------------------------------- info
+def _n(x: int) -> str:
+    return f"{x:,}"
+
+
+def _size(nbytes: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if nbytes < 1024 or unit == "GiB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+    return str(nbytes)  # pragma: no cover
+
+
+def _info_sections(info) -> list[tuple[str, list[tuple[str, str]]]]:
+    d, p = info.derived, info.parameters
+    per = p["per_block"]
+    per_s = (_n(per[0]) + " each" if per and len(set(per)) == 1 else ", ".join(_n(x) for x in per)) if per else "-"
+    bd = p["block_breakdown"]
+    model = [("directory", info.model_dir), ("architecture", f"{info.architecture} ({info.model_type})"),
+             ("context length", f"{_n(info.context_length)} tokens (max_position_embeddings)"),
+             ("layers", str(d["num_hidden_layers"])), ("hidden size", str(d["hidden_size"])),
+             ("attention", f"{d['num_attention_heads']} heads, {d['num_key_value_heads']} key/value heads "
+                           f"({d['attention']}), head_dim {d['head_dim']}"),
+             ("MLP", f"SwiGLU, intermediate size {d['intermediate_size']}"),
+             ("RoPE", f"theta {d['rope_theta']:g}, scaling {d['rope_type']}"),
+             ("norm", f"RMSNorm, eps {d['rms_norm_eps']:g}"),
+             ("vocab size", str(d["vocab_size"])),
+             ("tied embeddings", "yes" if d["tie_word_embeddings"] else "no"),
+             ("storage dtype", str(d["storage_dtype"]))]
+    params = [("total", _n(p["total"])), ("embedding", _n(p["embedding"])),
+              ("lm_head", "tied to the embedding" if p["lm_head_tied"] else _n(p["lm_head"])),
+              ("per block", per_s),
+              ("  of which", f"attention {_n(bd['attention'])} · MLP {_n(bd['mlp'])} · norms {_n(bd['norms'])}"),
+              ("final norm", _n(p["final_norm"])),
+              ("weights size", f"{_n(info.weights_bytes)} bytes ({_size(info.weights_bytes)})")]
+    tok = []
+    if info.tokenizer:
+        t = info.tokenizer
+        specials = ", ".join(f"{name} {v['piece']} = {v['id']}" for name, v in t["special"].items() if v)
+        tok = [("vocab size", str(t["vocab_size"])), ("special tokens", specials or "none"),
+               ("control tokens", ", ".join(f"{c['piece']} = {c['id']}" for c in t["control_tokens"]) or "none"),
+               ("pieces by kind", ", ".join(f"{k} {v}" for k, v in t["kinds"].items() if v)),
+               ("byte fallback", "yes" if t["byte_fallback"] else "no")]
+    else:
+        tok = [("tokenizer", "missing")]
+    return [("model", model), ("parameters", params), ("tokenizer", tok)]
+
+
+def info_plain(info) -> str:
+    out = []
+    for title, rows in _info_sections(info):
+        out.append(f"[{title}]")
+        width = max(len(k) for k, _ in rows)
+        out.extend(f"{k.ljust(width)}  {v}" for k, v in rows)
+        out.append("")
+    out.append("[tensors]")
+    out.append(plain_table(["name", "shape", "dtype", "parameters", "bytes"],
+                           ([t.name, "×".join(map(str, t.shape)) or "scalar", t.dtype, _n(t.numel), _n(t.nbytes)]
+                            for t in info.tensors), right=(3, 4)).rstrip("\n"))
+    out.append("")
+    out.append("[files]")
+    out.extend(f"{f['name']}  {_n(f['bytes'])} bytes" for f in info.files)
+    out.extend(f"note: {n}" for n in info.notes)
+    return "\n".join(out) + "\n"
+
+
+def info_rich(info, con) -> None:
+    from rich.table import Table
+
+    for title, rows in _info_sections(info):
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(style="bold", no_wrap=True)
+        grid.add_column()
+        for k, v in rows:
+            grid.add_row(k, v)
+        con.rule(f"[bold]{title}", align="left")
+        con.print(grid)
+    con.rule("[bold]tensors", align="left")
+    t = _table(("name", "left"), ("shape", "left"), ("dtype", "left"), ("parameters", "right"), ("bytes", "right"))
+    for x in info.tensors:
+        t.add_row(x.name, "×".join(map(str, x.shape)) or "scalar", x.dtype, _n(x.numel), _n(x.nbytes))
+    con.print(t)
+    con.rule("[bold]files", align="left")
+    for f in info.files:
+        con.print(f"{f['name']}  [dim]{_n(f['bytes'])} bytes[/]", highlight=False)
+    for n in info.notes:
+        con.print(f"[yellow]note:[/] {n}", highlight=False)
+
+
+# ----------------------------------------------------------------------------- trace
+def _heads_summary(heads: list[dict]) -> str:
+    return "  ".join(f"h{h['head']}→{h['position']}:{visible(h['piece'])} {h['weight']:.2f}" for h in heads)
+
+
+def _lens_summary(lens: list[dict], n: int = 3) -> str:
+    return "  ".join(f"{visible(c['piece'])} {c['prob']:.2f}" for c in lens[:n])
+
+
+def heatmap_window(weights: list[list[float]]) -> tuple[int, list[list[float]]]:
+    """The positions drawn (the last :data:`HEATMAP_MAX`): ``(first position, rows)``."""
+    n = len(weights)
+    start = max(0, n - HEATMAP_MAX)
+    return start, [row[start:] for row in weights[start:]]
+
+
+def heatmap_plain(attention: dict, tokens: list[dict]) -> str:
+    """The attention pattern as shading characters: rows are query positions, columns keys;
+    shading is relative to the largest weight drawn; ``·`` marks future (masked) positions."""
+    start, rows = heatmap_window(attention["weights"])
+    peak = max((max(r[: i + 1]) for i, r in enumerate(rows)), default=1.0) or 1.0
+    who = f"head {attention['head']}" if attention["head"] is not None else "mean of all heads"
+    out = [f"attention of block {attention['layer']} (model.layers.{attention['layer']}), {who}: "
+           f"rows = query positions, columns = key positions; shading {SHADES!r} relative to the "
+           f"largest weight shown ({peak:.3f}); '·' = masked (future)"]
+    if start:
+        out.append(f"(showing positions {start}..{start + len(rows) - 1} of {len(attention['weights'])})")
+    labels = [f"{tokens[start + i]['position']:>4} {clip(visible(tokens[start + i]['piece']), 10)}"
+              for i in range(len(rows))]
+    lw = max(text_width(lab) for lab in labels)
+    out.append(" " * lw + " " + "".join(f"{(start + j) % 100:<2}"[:2] if (start + j) % 5 == 0 else "  "
+                                        for j in range(len(rows))).rstrip())
+    for i, row in enumerate(rows):
+        cells = "".join(shade(v / peak) * 2 if j <= i else "· " for j, v in enumerate(row))
+        out.append(labels[i] + " " * (lw - text_width(labels[i])) + " " + cells.rstrip())
+    return "\n".join(out) + "\n"
+
+
+def heatmap_rich(attention: dict, tokens: list[dict], con) -> None:
+    """Coloured cells (or shading characters when the console has no colour)."""
+    from rich.color import Color
+    from rich.style import Style
+    from rich.text import Text
+
+    if con.no_color or con.color_system is None:
+        con.print(heatmap_plain(attention, tokens), markup=False, highlight=False, end="")
+        return
+    start, rows = heatmap_window(attention["weights"])
+    peak = max((max(r[: i + 1]) for i, r in enumerate(rows)), default=1.0) or 1.0
+    who = f"head {attention['head']}" if attention["head"] is not None else "mean of all heads"
+    con.print(f"[bold]attention of block {attention['layer']}[/] (model.layers.{attention['layer']}), {who}: "
+              f"rows = queries, columns = keys; brightest = {peak:.3f}", highlight=False)
+    if start:
+        con.print(f"[dim](showing positions {start}..{start + len(rows) - 1} of {len(attention['weights'])})[/]")
+    labels = [f"{tokens[start + i]['position']:>4} {clip(visible(tokens[start + i]['piece']), 10)}"
+              for i in range(len(rows))]
+    lw = max(text_width(lab) for lab in labels)
+    con.print(" " * lw + " " + "".join(f"{(start + j) % 100:<2}"[:2] if (start + j) % 5 == 0 else "  "
+                                       for j in range(len(rows))).rstrip(), style="dim", highlight=False)
+    for i, row in enumerate(rows):
+        line = Text(labels[i] + " " * (lw - text_width(labels[i])) + " ")
+        for j, v in enumerate(row):
+            if j > i:
+                line.append("  ")
+                continue
+            x = min(max(v / peak, 0.0), 1.0)
+            # dark blue → orange → light yellow
+            r, g, b = int(20 + 235 * x), int(20 + 200 * x ** 1.5), int(60 + 80 * (1 - x) * x * 2)
+            line.append("  ", style=Style(bgcolor=Color.from_rgb(r, g, b)))
+        con.print(line)
+
+
+def trace_plain(result) -> str:
+    out = ["== tokens =="]
+    out.append(" ".join(f"{t['position']}:{visible(t['piece'])}({t['id']})" for t in result.tokens))
+    out.append("")
+    out.append("== embedding (model.embed_tokens) ==")
+    out.append(plain_table(["pos", "piece", "norm"],
+                           ([t["position"], visible(t["piece"]), f"{n:.4f}"]
+                            for t, n in zip(result.tokens, result.embedding_norms)), right=(0, 2)).rstrip("\n"))
+    out.append("position: " + result.position_note)
+    out.append("")
+    last = result.tokens[-1]
+    out.append(f"== blocks (last position {last['position']}: {visible(last['piece'])}) ==")
+    out.append(plain_table(["block", "residual norm", "logit lens top", "most-attended token per head"],
+                           ([L["layer"], f"{L['residual_norm']:.4f}", _lens_summary(L["lens"]),
+                             _heads_summary(L["heads"])] for L in result.layers), right=(0, 1)).rstrip("\n"))
+    out.append("")
+    out.append("== final norm and logits (lm_head) ==")
+    out.append(f"final norm output: norm {result.final_norm:.4f}")
+    out.append(_stats_line(result.stats))
+    out.append("top logits: " + "  ".join(f"{visible(c['piece'])} {c['logit']:.3f}" for c in result.top_logits))
+    out.append("")
+    out.append(f"== softmax (entropy {result.entropy_bits:.3f} bits) ==")
+    out.append(plain_table(["rank", "id", "piece", "prob", "", "logprob"],
+                           ([c["rank"] + 1, c["id"], visible(c["piece"]), bar(c["prob"], 20), f"{c['prob']:.4f}",
+                             f"{c['logprob']:.4f}"] for c in result.candidates), right=(0, 1, 4, 5)).rstrip("\n"))
+    out.append("")
+    c = result.chosen
+    out.append(f"== chosen ({c['rule']}) ==")
+    out.append(f"{visible(c['piece'])} (id {c['id']}, p {c['prob']:.4f}) → text {c['text']!r}")
+    if result.attention is not None:
+        out.append("")
+        out.append("== attention ==")
+        out.append(heatmap_plain(result.attention, result.tokens).rstrip("\n"))
+    return "\n".join(out) + "\n"
+
+
+def trace_rich(result, con) -> None:
+    from rich.text import Text
+
+    con.rule("[bold]1. tokens", align="left")
+    line = Text()
+    for t in result.tokens:
+        line.append_text(_piece_text(t["piece"]))
+        line.append(f"({t['id']}) ", style="dim")
+    con.print(line)
+    con.rule("[bold]2. embedding[/] (model.embed_tokens)", align="left")
+    t = _table(("pos", "right"), ("piece", "left"), ("norm", "right"))
+    for tok, n in zip(result.tokens, result.embedding_norms):
+        t.add_row(str(tok["position"]), _piece_text(tok["piece"]), f"{n:.4f}")
+    con.print(t)
+    con.print(f"[dim]position: {result.position_note}[/]")
+    last = result.tokens[-1]
+    con.rule(f"[bold]3. blocks[/] (last position {last['position']}: {visible(last['piece'])})", align="left")
+    t = _table(("block", "right"), ("residual norm", "right"), ("logit lens top", "left"),
+               ("most-attended token per head", "left"))
+    t.columns[3].no_wrap = False  # the heads wrap; block, norm and lens stay whole
+    t.columns[3].overflow = "fold"
+    for L in result.layers:
+        lens = Text()
+        for c in L["lens"][:3]:
+            lens.append(visible(c["piece"]), style=prob_style(c["prob"]))
+            lens.append(f" {c['prob']:.2f}  ", style="dim")
+        t.add_row(str(L["layer"]), f"{L['residual_norm']:.4f}", lens, _heads_summary(L["heads"]))
+    con.print(t)
+    con.rule("[bold]4. final norm and logits[/] (lm_head)", align="left")
+    con.print(f"final norm output: norm {result.final_norm:.4f}")
+    con.print(_stats_line(result.stats))
+    con.print("top logits: " + "  ".join(f"{visible(c['piece'])} {c['logit']:.3f}" for c in result.top_logits),
+              markup=False, highlight=False)
+    con.rule(f"[bold]5. softmax[/] (entropy {result.entropy_bits:.3f} bits)", align="left")
+    t = _table(("#", "right"), ("id", "right"), ("piece", "left"), ("prob", "left"), ("", "right"),
+               ("logprob", "right"))
+    for c in result.candidates:
+        t.add_row(str(c["rank"] + 1), str(c["id"]), _piece_text(c["piece"]),
+                  Text(bar(c["prob"], 24), style=prob_style(c["prob"])), f"{c['prob']:.4f}", f"{c['logprob']:.4f}")
+    con.print(t)
+    c = result.chosen
+    con.rule(f"[bold]6. chosen[/] ({c['rule']})", align="left")
+    con.print(Text.assemble(_piece_text(c["piece"]), f" (id {c['id']}, p {c['prob']:.4f}) → text {c['text']!r}"))
+    if result.attention is not None:
+        con.rule("[bold]attention", align="left")
+        heatmap_rich(result.attention, result.tokens, con)
+
+
+# ----------------------------------------------------------------------------- generate
+def logprobs_plain(events: list[dict]) -> str:
+    """The per-token listing shown after ``generate --top-logprobs``: each generated token's
+    logprob and the alternatives (``events``: dicts as written by ``generate --json``)."""
+    rows = []
+    for i, e in enumerate(events):
+        p = math.exp(e["logprob"]) if e.get("logprob") is not None else float("nan")
+        alts = "  ".join(f"{visible(a['piece'])} {a['logprob']:.3f}" for a in e.get("top_logprobs", []))
+        rows.append([i, e["id"], visible(e["piece"]), f"{e['logprob']:.4f}", f"{p:.4f}", alts])
+    return plain_table(["#", "id", "token", "logprob", "prob", "alternatives (logprob)"], rows,
+                       right=(0, 1, 3, 4))
+
+
+def logprobs_rich(events: list[dict], con) -> None:
+    from rich.text import Text
+
+    t = _table(("#", "right"), ("id", "right"), ("token", "left"), ("logprob", "right"),
+               ("prob", "right"), ("alternatives (logprob)", "left"))
+    for i, e in enumerate(events):
+        p = math.exp(e["logprob"])
+        alts = Text()
+        for a in e.get("top_logprobs", []):
+            style = "bold" if a["id"] == e["id"] else prob_style(math.exp(a["logprob"]))
+            alts.append(visible(a["piece"]), style=style)
+            alts.append(f" {a['logprob']:.3f}  ", style="dim")
+        t.add_row(str(i), str(e["id"]), _piece_text(e["piece"]), f"{e['logprob']:.4f}",
+                  Text(f"{p:.4f}", style=prob_style(p)), alts)
+    con.print(t)
+
+
+RICH: dict[str, Callable] = {"tokenize": tokenize_rich, "detokenize": detokenize_rich,
+                             "embeddings": embeddings_rich, "logits": logits_rich, "topk": topk_rich,
+                             "info": info_rich, "trace": trace_rich}
+PLAIN: dict[str, Callable] = {"tokenize": tokenize_plain, "detokenize": detokenize_plain,
+                              "embeddings": embeddings_plain, "logits": logits_plain, "topk": topk_plain,
+                              "info": info_plain, "trace": trace_plain}
