@@ -31,6 +31,10 @@ from torch import nn
 
 from llmcli.config import LlamaConfig
 
+#: ``scaled_dot_product_attention(..., enable_gqa=True)`` (torch ≥ 2.5) attends with fewer K/V
+#: heads directly; older versions repeat the K/V heads first.
+_SDPA_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
+
 
 # ----------------------------------------------------------------------------- RoPE
 def rope_inv_freq(config: LlamaConfig) -> torch.Tensor:
@@ -93,15 +97,22 @@ class KVCache:
 
     ``k[layer]`` and ``v[layer]`` have shape ``(B, K, L, Dh)`` where ``L`` is ``max_len``;
     positions ``[0, length)`` are filled. Memory: ``2 × layers × B × K × L × Dh × itemsize`` bytes.
+    ``cos`` and ``sin`` (L, Dh) are the RoPE tables of those positions, when given (computed
+    once here rather than at every decoding step).
     """
 
     def __init__(self, config: LlamaConfig, batch: int, max_len: int,
-                 dtype: torch.dtype, device: torch.device | str = "cpu") -> None:
+                 dtype: torch.dtype, device: torch.device | str = "cpu",
+                 inv_freq: torch.Tensor | None = None) -> None:
         shape = (batch, config.num_key_value_heads, max_len, config.head_dim)
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
         self.max_len = max_len
         self.length = 0  # positions filled so far (advanced by the model after each forward)
+        self.cos = self.sin = None
+        if inv_freq is not None:
+            positions = torch.arange(max_len, device=inv_freq.device)
+            self.cos, self.sin = rope_cos_sin(inv_freq, positions, dtype)              # (L, Dh)
 
     def update(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -177,20 +188,25 @@ class LlamaAttention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(layer, start_pos, k, v)                              # (B, K, S, Dh)
-        if self.n_kv != self.n_heads:                                                # GQA: share K/V
-            k = k.repeat_interleave(self.n_heads // self.n_kv, dim=1)                # (B, H, S, Dh)
-            v = v.repeat_interleave(self.n_heads // self.n_kv, dim=1)
         S = k.shape[2]
-        if capture is not None and capture.attentions_wanted:
+        eager = capture is not None and capture.attentions_wanted
+        gqa = {}
+        if self.n_kv != self.n_heads:                     # GQA: each K/V head serves H/K queries
+            if _SDPA_GQA and not eager:
+                gqa = {"enable_gqa": True}
+            else:
+                k = k.repeat_interleave(self.n_heads // self.n_kv, dim=1)            # (B, H, S, Dh)
+                v = v.repeat_interleave(self.n_heads // self.n_kv, dim=1)
+        if eager:
             out = self._eager(q, k, v, S - T, capture)
         elif T == 1:  # one new token sees every cached position: no mask needed
-            out = F.scaled_dot_product_attention(q, k, v)
+            out = F.scaled_dot_product_attention(q, k, v, **gqa)
         elif S == T:  # prefill from position 0: plain causal mask
             out = F.scaled_dot_product_attention(
-                q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
+                q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0, **gqa)
         else:  # T new tokens after S-T cached ones: query i sees keys [0, S-T+i]
             mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **gqa)
         out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)         # (B, T, H·Dh)
         return self.o_proj(out)
 
@@ -285,7 +301,7 @@ class LlamaForCausalLM(nn.Module):
     def new_cache(self, batch: int = 1, max_len: int | None = None) -> KVCache:
         """A :class:`KVCache` for ``max_len`` positions (default: the context length)."""
         max_len = max_len or self.config.max_position_embeddings
-        return KVCache(self.config, batch, max_len, self.dtype, self.device)
+        return KVCache(self.config, batch, max_len, self.dtype, self.device, inv_freq=self.inv_freq)
 
     def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None,
                 capture: Capture | None = None, last_only: bool = False,
@@ -303,11 +319,14 @@ class LlamaForCausalLM(nn.Module):
         start = cache.length if cache is not None else 0
         if cache is not None and start + T > cache.max_len:
             raise ValueError(f"KV cache holds {cache.max_len} positions; {start + T} needed")
-        positions = torch.arange(start, start + T, device=input_ids.device)
         x = self.model.embed_tokens(input_ids)                                   # (B, T, D)
         if embed_dropout and self.training:
             x = F.dropout(x, embed_dropout)
-        cos, sin = rope_cos_sin(self.inv_freq, positions, x.dtype)               # (T, Dh) each
+        if cache is not None and cache.cos is not None:
+            cos, sin = cache.cos[start:start + T], cache.sin[start:start + T]    # (T, Dh) each
+        else:
+            positions = torch.arange(start, start + T, device=input_ids.device)
+            cos, sin = rope_cos_sin(self.inv_freq, positions, x.dtype)           # (T, Dh) each
         if capture is not None:
             capture.hidden_states.append(x)
         for layer in self.model.layers:
