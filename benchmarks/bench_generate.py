@@ -1,0 +1,200 @@
+"""Time to first token and decode speed: llmcli's generation loop vs transformers' ``generate``.
+
+Both run in this process on the same checkpoint: greedy, batch 1, CPU, float32, KV cache on,
+the same prompt and the same number of new tokens (EOS ignored: ``eos_ids=[]`` for llmcli,
+``min_new_tokens`` for transformers). Each is timed from the call that starts generation:
+
+* TTFT (time to first token): until the first generated token is available (llmcli: the
+  first event; transformers: the first token handed to a streamer);
+* decode tokens/s: (new tokens - 1) / (time of the last token - time of the first).
+
+Every configuration gets one warm-up run, then ``--reps`` runs; medians are printed. The
+table is repeated with a second process spinning one core ("busy"), which shows what extra
+threads are worth on a shared machine (the reason ``--threads`` defaults to 1).
+
+    python benchmarks/bench_generate.py [-m MODEL_DIR] [-n 128] [--reps 5] [--threads 1,2]
+                                        [--no-busy] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+PROMPT = "ROMEO:\nBut soft, what light through yonder window breaks? It is the east, and"
+
+
+@dataclass
+class Timing:
+    ttft: float          # seconds
+    tokens_per_s: float  # decode
+    ids: list[int]
+
+
+def _timing(t_start: float, times: list[float], ids: list[int]) -> Timing:
+    decode = times[-1] - times[0]
+    return Timing(times[0] - t_start, (len(times) - 1) / decode if decode > 0 else float("nan"), ids)
+
+
+def run_llmcli(model, tokenizer, prompt_ids: list[int], n: int) -> Timing:
+    from llmcli.generation import Generation
+    from llmcli.sampling import SamplingParams
+
+    times, ids = [], []
+    t_start = time.perf_counter()
+    for event in Generation(model, tokenizer, prompt_ids, SamplingParams(temperature=0, seed=0), n,
+                            eos_ids=[]):
+        times.append(time.perf_counter())
+        ids.append(event.id)
+    return _timing(t_start, times, ids)
+
+
+class _Clock:
+    """A transformers streamer that notes when each new token arrives."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.ids: list[int] = []
+        self.prompt_seen = False
+
+    def put(self, value) -> None:
+        if not self.prompt_seen:  # generate() first hands over the prompt
+            self.prompt_seen = True
+            return
+        self.times.append(time.perf_counter())
+        self.ids.extend(value.flatten().tolist())
+
+    def end(self) -> None:
+        pass
+
+
+def run_transformers(hf_model, prompt_ids: list[int], n: int) -> Timing:
+    clock = _Clock()
+    x = torch.tensor([prompt_ids])
+    t_start = time.perf_counter()
+    with torch.inference_mode():
+        hf_model.generate(x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=n,
+                          min_new_tokens=n, use_cache=True, streamer=clock, pad_token_id=0)
+    return _timing(t_start, clock.times, clock.ids)
+
+
+def measure(fns, reps: int) -> list[tuple[float, float, list[int]]]:
+    """One warm-up run of each function, then ``reps`` rounds running each once in turn (so
+    that a change in the machine's load affects both alike) → for each function: median TTFT
+    (s), median decode tokens/s, the generated ids."""
+    for fn in fns:
+        fn()
+    runs = [[] for _ in fns]
+    for _ in range(reps):
+        for fn, out in zip(fns, runs):
+            out.append(fn())
+    return [(statistics.median(r.ttft for r in out), statistics.median(r.tokens_per_s for r in out),
+             out[0].ids) for out in runs]
+
+
+def load_transformers(model_dir: Path):
+    import inspect
+
+    from transformers import LlamaForCausalLM, PreTrainedModel
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    kw = "dtype" if "dtype" in inspect.signature(PreTrainedModel.from_pretrained).parameters else "torch_dtype"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = LlamaForCausalLM.from_pretrained(str(model_dir), **{kw: torch.float32})
+    model.generation_config.eos_token_id = None
+    return model.eval()
+
+
+def spinner() -> subprocess.Popen:
+    """A second process keeping one core busy (stopped by the caller)."""
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"])
+
+
+def table(rows: list[tuple], reps: int) -> str:
+    head = f"{'load':<6}{'threads':>8}  {'':<13}{'TTFT ms':>9}{'decode tok/s':>14}"
+    lines = [head, "-" * len(head)]
+    for load, threads, ours, ref in rows:
+        lines.append(f"{load:<6}{threads:>8}  {'llmcli':<13}{ours[0] * 1e3:>9.2f}{ours[1]:>14.1f}")
+        lines.append(f"{'':<6}{'':>8}  {'transformers':<13}{ref[0] * 1e3:>9.2f}{ref[1]:>14.1f}")
+        lines.append(f"{'':<6}{'':>8}  {'ratio':<13}{ref[0] / ours[0]:>8.2f}x{ours[1] / ref[1]:>13.2f}x")
+    lines.append(f"(medians of {reps} runs after a warm-up; ratio = llmcli's advantage: "
+                 "transformers TTFT / llmcli TTFT, llmcli tokens/s / transformers tokens/s)")
+    return "\n".join(lines)
+
+
+def profile_llmcli(model, tokenizer, prompt_ids: list[int], n: int) -> None:
+    import cProfile
+    import pstats
+
+    run_llmcli(model, tokenizer, prompt_ids, n)
+    prof = cProfile.Profile()
+    prof.enable()
+    run_llmcli(model, tokenizer, prompt_ids, n)
+    prof.disable()
+    pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-m", "--model", type=Path, default=None,
+                        help="model directory (default: the bundled model)")
+    parser.add_argument("-p", "--prompt", default=PROMPT)
+    parser.add_argument("-n", "--new-tokens", type=int, default=128)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--threads", default="1,2", help="comma-separated thread counts")
+    parser.add_argument("--no-busy", action="store_true", help="skip the busy-machine table")
+    parser.add_argument("--profile", action="store_true",
+                        help="also print a cProfile of one llmcli generation (1 thread)")
+    args = parser.parse_args()
+
+    from llmcli.paths import default_model_dir
+    from llmcli.tokenizer import Tokenizer
+    from llmcli.weights import load_model
+
+    model_dir = args.model or default_model_dir()
+    model, config = load_model(model_dir)
+    tokenizer = Tokenizer(model_dir / "tokenizer.model")
+    hf_model = load_transformers(model_dir)
+    prompt_ids = tokenizer.encode(args.prompt)
+    n = min(args.new_tokens, config.max_position_embeddings - len(prompt_ids))
+    threads = [int(t) for t in args.threads.split(",")]
+    print(f"model {model_dir}: {model.num_parameters():,} parameters, {config.num_hidden_layers} layers, "
+          f"hidden {config.hidden_size}, vocab {config.vocab_size}; prompt {len(prompt_ids)} tokens, "
+          f"{n} new tokens; torch {torch.__version__}, float32, greedy, KV cache")
+
+    rows, same = [], True
+    for load in ("idle", "busy") if not args.no_busy else ("idle",):
+        spin = spinner() if load == "busy" else None
+        try:
+            for t in threads:
+                torch.set_num_threads(t)
+                ours, ref = measure([lambda: run_llmcli(model, tokenizer, prompt_ids, n),
+                                     lambda: run_transformers(hf_model, prompt_ids, n)], args.reps)
+                same &= ours[2] == ref[2]
+                rows.append((load, t, ours, ref))
+                print(f"  {load} {t} thread(s): llmcli {ours[1]:.1f} tok/s, transformers {ref[1]:.1f} tok/s",
+                      file=sys.stderr)
+        finally:
+            if spin is not None:
+                spin.kill()
+                spin.wait()
+    print(table(rows, args.reps))
+    print(f"greedy tokens identical: {'yes' if same else 'NO'}")
+    if args.profile:
+        torch.set_num_threads(1)
+        profile_llmcli(model, tokenizer, prompt_ids, n)
+
+
+if __name__ == "__main__":
+    main()
