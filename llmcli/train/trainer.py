@@ -85,11 +85,18 @@ def train_tokenizer(docs: list[Document], vocab_size: int, out_prefix: Path, thr
     return Path(str(out_prefix) + ".model")
 
 
-def lr_at(step: int, s: TrainSettings) -> float:
-    """Linear warm-up to ``lr`` over ``warmup_steps``, then cosine decay to ``min_lr``."""
+def lr_at(step: int, s: TrainSettings, elapsed: float = 0.0) -> float:
+    """Linear warm-up to ``lr`` over ``warmup_steps``, then cosine decay to ``min_lr``.
+
+    The decay's progress is the larger of the step fraction and the fraction of the time
+    budget (``elapsed`` seconds of ``max_minutes``) used, so that on a slow or busy machine the
+    schedule still reaches ``min_lr`` when the time budget ends the run.
+    """
     if step < s.warmup_steps:
         return s.lr * (step + 1) / s.warmup_steps
-    progress = min(1.0, (step - s.warmup_steps) / max(1, s.max_steps - s.warmup_steps))
+    by_steps = (step - s.warmup_steps) / max(1, s.max_steps - s.warmup_steps)
+    by_time = elapsed / (s.max_minutes * 60) if s.max_minutes > 0 else 0.0
+    progress = min(1.0, max(by_steps, by_time))
     return s.min_lr + 0.5 * (s.lr - s.min_lr) * (1 + math.cos(math.pi * progress))
 
 
@@ -213,7 +220,7 @@ def train(train_docs: list[Document], valid_docs: list[Document], out_dir: Path,
     model.train()
     step = 0
     for step in range(1, s.max_steps + 1):
-        lr = lr_at(step - 1, s)
+        lr = lr_at(step - 1, s, time.perf_counter() - t0)
         for group in opt.param_groups:
             group["lr"] = lr
         x, y = batch(train_ids, torch.randint(0, len(train_ids) - s.context - 1, (s.batch_size,), generator=gen))
@@ -226,7 +233,7 @@ def train(train_docs: list[Document], valid_docs: list[Document], out_dir: Path,
         if on_progress:
             on_progress({"step": step, "max_steps": s.max_steps, "loss": loss.item(), "lr": lr})
         elapsed = time.perf_counter() - t0
-        out_of_time = elapsed > s.max_minutes * 60
+        out_of_time = elapsed > s.max_minutes * 60 - 20  # leave time for the final evaluation
         if step % s.eval_interval == 0 or step == s.max_steps or out_of_time:
             tr, va = estimate("train"), estimate("valid")
             history.append({"step": step, "seconds": round(elapsed, 1), "train_loss": round(tr, 4),
