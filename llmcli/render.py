@@ -194,6 +194,12 @@ def _piece_text(piece: str, kind: str = "normal"):
     return text
 
 
+def _bar_width(con, reserved: int = 64) -> int:
+    """Width of probability bars so that a table's numbers are never cut off: what is left of
+    the console after ``reserved`` columns, between 4 and 24 cells."""
+    return max(4, min(24, con.width - reserved))
+
+
 def _table(*columns: tuple[str, str], title: str | None = None):
     from rich import box
     from rich.table import Table
@@ -420,7 +426,7 @@ def topk_rich(result, con) -> None:
         for c in step.candidates:
             style = prob_style(c["prob"])
             table.add_row(str(c["rank"] + 1), str(c["id"]), _piece_text(c["piece"]), f"{c['logit']:.4f}",
-                          Text(bar(c["prob"], 24), style=style), f"{c['prob']:.4f}",
+                          Text(bar(c["prob"], _bar_width(con)), style=style), f"{c['prob']:.4f}",
                           f"{c['logprob']:.4f}", f"{c['cumulative']:.4f}",
                           style="bold reverse" if c["id"] == chosen else None)
             for label in marks.get(c["rank"], []):
@@ -673,7 +679,8 @@ def trace_rich(result, con) -> None:
                ("logprob", "right"))
     for c in result.candidates:
         t.add_row(str(c["rank"] + 1), str(c["id"]), _piece_text(c["piece"]),
-                  Text(bar(c["prob"], 24), style=prob_style(c["prob"])), f"{c['prob']:.4f}", f"{c['logprob']:.4f}")
+                  Text(bar(c["prob"], _bar_width(con, 52)), style=prob_style(c["prob"])), f"{c['prob']:.4f}",
+                  f"{c['logprob']:.4f}")
     con.print(t)
     c = result.chosen
     con.rule(f"[bold]6. chosen[/] ({c['rule']})", align="left")

@@ -85,7 +85,7 @@ def main() -> None:
     except Exception as exc:  # unexpected: still one line unless --debug
         if debug:
             raise
-        _stderr_line(f"error: {type(exc).__name__}: {exc} (run with --debug for a traceback)")
+        _stderr_line(f"error: {type(exc).__name__}: {exc} (run `llmcli --debug ...` for a traceback)")
         sys.exit(1)
 
 

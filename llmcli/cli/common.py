@@ -45,8 +45,12 @@ def read_prompt(prompt: str | None, allow_empty: bool = False) -> str:
     """
     stdin_text = None
     stdin_piped = not _stdin_is_tty()
+    if prompt is not None and prompt != "-":
+        _check_utf8(prompt, "PROMPT")
     if prompt == "-" or (prompt is None and stdin_piped):
-        stdin_text = sys.stdin.read() if stdin_piped else ""
+        stdin_text = _read_stdin() if stdin_piped else ""
+        if not stdin_text:
+            sys.stderr.write("note: stdin is empty; the prompt is empty\n")
         return stdin_text
     if prompt is None:
         if allow_empty:
@@ -55,12 +59,41 @@ def read_prompt(prompt: str | None, allow_empty: bool = False) -> str:
     if stdin_piped and os.environ.get("LLMCLI_JOIN_STDIN", "1") != "0":
         try:
             if not sys.stdin.closed and _stdin_has_data():
-                stdin_text = sys.stdin.read()
+                stdin_text = _read_stdin()
         except (OSError, ValueError):
             stdin_text = None
     if stdin_text:
         return prompt + "\n" + stdin_text
     return prompt
+
+
+def _check_utf8(text: str, name: str) -> None:
+    """Raise :class:`UsageError` if ``text`` holds undecodable bytes (surrogate escapes that
+    Python uses for invalid UTF-8 in command-line arguments)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = text[exc.start]
+        byte = f"byte 0x{ord(bad) - 0xDC00:02x}" if 0xDC80 <= ord(bad) <= 0xDCFF else repr(bad)
+        raise UsageError(f"{name}: not valid UTF-8 ({byte} at character {exc.start})") from None
+
+
+def _read_stdin() -> str:
+    """All of stdin, decoded as UTF-8 (strictly).
+
+    Raises:
+        UsageError: stdin is not valid UTF-8.
+    """
+    buffer = getattr(sys.stdin, "buffer", None)
+    if buffer is None:  # a replaced sys.stdin (tests): already text
+        text = sys.stdin.read()
+        _check_utf8(text, "stdin")
+        return text
+    data = buffer.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"stdin: not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start})") from None
 
 
 def _stdin_is_tty() -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Annotated, List, Optional
@@ -138,6 +139,10 @@ def run_generate(text: str, model_dir, params, max_tokens: int, stop: list[str],
         out.flush()
         err.print("[interrupted]", markup=False)
         raise typer.Exit(130)
+    except BrokenPipeError:
+        # The reader went away (`| head -c 10`): stop quietly, like other Unix tools.
+        _silence_stdout()
+        raise typer.Exit(0)
     if tty and not ended_with_newline:
         out.write("\n")
     out.flush()
@@ -195,7 +200,7 @@ class _TokenView:
             return True
         if not event.text:
             return False
-        if self.tty:
+        if self.tty and not (self.show_tokens and os.environ.get("NO_COLOR")):
             self._write_rich(event, out)
         else:
             out.write(("|" if self.show_tokens and self._shown else "") + event.text)
@@ -234,6 +239,17 @@ class _TokenView:
         else:
             out.write(("" if ended_with_newline else "\n") + "\n" + logprobs_plain(self.events))
         out.flush()
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the flush at exit cannot fail on a closed pipe."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def _make_stdout_safe() -> None:

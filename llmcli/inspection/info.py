@@ -69,7 +69,8 @@ def read_safetensors_header(path: Path) -> dict:
     """The JSON header of a safetensors file: ``{name: {"dtype", "shape", "data_offsets"}}``.
 
     Raises:
-        LLMCLIError: not a safetensors file (or a Git LFS pointer), or a corrupt header.
+        LLMCLIError: not a safetensors file (or a Git LFS pointer), a corrupt header, or a
+            file shorter than its header says (truncated).
     """
     size = path.stat().st_size
     with path.open("rb") as fh:
@@ -84,7 +85,15 @@ def read_safetensors_header(path: Path) -> dict:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise LLMCLIError(f"{path}: corrupt safetensors header ({exc})") from None
+    if not isinstance(header, dict):
+        raise LLMCLIError(f"{path}: corrupt safetensors header (not a JSON object)")
     header.pop("__metadata__", None)
+    try:
+        data_end = max((int(meta["data_offsets"][1]) for meta in header.values()), default=0)
+    except (KeyError, TypeError, ValueError, IndexError):
+        raise LLMCLIError(f"{path}: corrupt safetensors header (bad data_offsets)") from None
+    if 8 + n + data_end > size:
+        raise LLMCLIError(f"{path}: truncated ({size} bytes; its header describes {8 + n + data_end})")
     return header
 
 
