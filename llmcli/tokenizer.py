@@ -97,14 +97,20 @@ class StreamDecoder:
     BOS dropped exactly as sentencepiece does), and byte-fallback pieces that do not yet
     form a whole UTF-8 character are held back until they do.
 
-    Method: decode the whole id list with sentencepiece at each step and emit the new suffix,
-    holding back a trailing U+FFFD while the last pieces are bytes (an incomplete character).
+    Method (after Hugging Face text-generation-inference's ``decode_token``): decode only a
+    short window ``ids[prefix:]`` that starts on an already-emitted piece, and emit what it adds
+    to ``decode(ids[prefix:read])``. The window starts on a piece without a leading ``▁`` so
+    that sentencepiece's rule of dropping leading whitespace at the start never touches it, and
+    the cost per token does not grow with the length of the generation. A trailing U+FFFD is held back while the
+    last pieces are bytes of an unfinished character.
     """
 
     tokenizer: Tokenizer
     ids: list[int] = None  # type: ignore[assignment]
-    emitted: str = ""
-    prefix_ids: int = 0
+    emitted: str = ""      # everything emitted so far (and the primed text)
+    prefix: int = 0        # window start: ids[prefix:read] were decoded as prefix_text
+    read: int = 0          # ids[:read] are fully emitted
+    prefix_text: str = ""
 
     def __post_init__(self) -> None:
         self.ids = []
@@ -115,7 +121,10 @@ class StreamDecoder:
         A primed list that ends inside a character leaves that character to the next chunks.
         """
         self.ids.extend(ids)
-        self.emitted = self._complete_text()
+        self.emitted = self._complete(self.tokenizer.decode(self.ids), self.ids)
+        self.read = len(self.ids) - self._held(self.tokenizer.decode(self.ids), self.ids)
+        self.prefix = self._window_start(self.read - 1)
+        self.prefix_text = self.tokenizer.decode(self.ids[self.prefix:self.read])
 
     def push(self, token_id: int) -> str:
         """Add one id; return the text that is now complete (possibly ``""``).
@@ -125,34 +134,71 @@ class StreamDecoder:
         """
         self.ids.append(token_id)
         try:
-            return self._emit(self._complete_text())
+            window = self.tokenizer.decode(self.ids[self.prefix:])
         except LLMCLIError:
             self.ids.pop()
             raise
+        if not window.startswith(self.prefix_text):
+            return self._resync()
+        if self._held(window, self.ids):
+            return ""
+        chunk = window[len(self.prefix_text):]
+        self.prefix, self.read = self._window_start(self.read), len(self.ids)
+        self.prefix_text = self.tokenizer.decode(self.ids[self.prefix:self.read])
+        self.emitted += chunk
+        return chunk
 
     def flush(self) -> str:
         """Everything not yet emitted (call once at the end)."""
-        return self._emit(self.tokenizer.decode(self.ids))
+        window = self.tokenizer.decode(self.ids[self.prefix:])
+        if not window.startswith(self.prefix_text):
+            return self._resync(final=True)
+        chunk = window[len(self.prefix_text):]
+        self.prefix = self.read = len(self.ids)
+        self.prefix_text = ""
+        self.emitted += chunk
+        return chunk
 
-    def _complete_text(self) -> str:
-        """``decode(ids)`` less the trailing U+FFFDs that stand for bytes of an unfinished
-        character (one per trailing byte piece, at most 3: a UTF-8 character has 4 bytes)."""
-        text = self.tokenizer.decode(self.ids)
+    def _window_start(self, index: int, max_back: int = 64) -> int:
+        """``index`` moved back to a piece that sentencepiece decodes the same at the start of a
+        sequence as in the middle: a text piece that does not begin with ``▁`` (the decoder
+        drops leading whitespace at the start, and after a control token). Not a control,
+        unknown or byte piece. Falls back to 0 (decode everything) if none is near."""
+        index = max(0, index)
+        for i in range(index, max(-1, index - max_back), -1):
+            if i == 0:
+                return 0
+            tid = self.ids[i]
+            tok = self.tokenizer
+            if not (tok.is_control(tid) or tok.is_unknown(tid) or tok.is_byte(tid)
+                    or tok.piece(tid).startswith("\u2581")):
+                return i
+        return 0
+
+    def _held(self, text: str, ids: list[int]) -> int:
+        """How many trailing U+FFFDs of ``text`` stand for bytes of an unfinished character
+        (one per trailing byte piece, at most 3: a UTF-8 character has at most 4 bytes)."""
         held = 0
         while (held < 3 and len(text) > held and text[len(text) - 1 - held] == REPLACEMENT_CHAR
-               and self.tokenizer.is_byte(self.ids[len(self.ids) - 1 - held])):
+               and len(ids) > held and self.tokenizer.is_byte(ids[len(ids) - 1 - held])):
             held += 1
+        return held
+
+    def _complete(self, text: str, ids: list[int]) -> str:
+        held = self._held(text, ids)
         return text[:len(text) - held]
 
-    def _emit(self, text: str) -> str:
-        if not text.startswith(self.emitted):
-            # sentencepiece changed earlier text (not seen in practice): emit what differs
-            # rather than lose it
-            common = 0
-            while common < min(len(text), len(self.emitted)) and text[common] == self.emitted[common]:
-                common += 1
-            self.emitted = text
-            return text[common:]
-        chunk = text[len(self.emitted):]
+    def _resync(self, final: bool = False) -> str:
+        """Fallback (not seen in practice): decode everything and emit what differs from the
+        text emitted so far, then restart the window at the end."""
+        full = self.tokenizer.decode(self.ids)
+        text = full if final else self._complete(full, self.ids)
+        common = 0
+        while common < min(len(text), len(self.emitted)) and text[common] == self.emitted[common]:
+            common += 1
+        chunk = text[common:]
         self.emitted = text
+        self.read = len(self.ids) - (0 if final else self._held(full, self.ids))
+        self.prefix = self._window_start(self.read - 1)
+        self.prefix_text = self.tokenizer.decode(self.ids[self.prefix:self.read])
         return chunk
