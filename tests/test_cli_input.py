@@ -48,10 +48,9 @@ def test_stdin_is_read_as_utf8_bytes():
     assert proc.stdout.decode().split() == [str(i) for i in Tokenizer(MODEL / "tokenizer.model").encode("héllo 🦙", add_bos=False)]
 
 
-def test_empty_stdin_gives_a_notice():
-    proc = run(["tokenize", "--count"], stdin=b"")
-    assert proc.returncode == 0
-    assert "stdin is empty" in proc.stderr.decode()
+def test_empty_stdin_with_no_bos_is_one_usage_error():
+    line = one_line_error(run(["generate", "--no-bos"], stdin=b""), 2)
+    assert "empty prompt with --no-bos" in line
 
 
 def test_info_reports_truncated_weights(tmp_path):

@@ -48,10 +48,7 @@ def read_prompt(prompt: str | None, allow_empty: bool = False) -> str:
     if prompt is not None and prompt != "-":
         _check_utf8(prompt, "PROMPT")
     if prompt == "-" or (prompt is None and stdin_piped):
-        stdin_text = _read_stdin() if stdin_piped else ""
-        if not stdin_text:
-            sys.stderr.write("note: stdin is empty; the prompt is empty\n")
-        return stdin_text
+        return _read_stdin() if stdin_piped else ""
     if prompt is None:
         if allow_empty:
             return ""
