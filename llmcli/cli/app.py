@@ -14,6 +14,7 @@ import typer
 
 from llmcli import __version__
 from llmcli.errors import LLMCLIError
+from llmcli.render import make_stdout_safe
 
 app = typer.Typer(
     name="llmcli",
@@ -69,7 +70,7 @@ def main() -> None:
     Exit codes: 0 success, 1 error (bad file, model, ...), 2 usage error, 130 interrupted.
     """
     debug = "--debug" in sys.argv or bool(os.environ.get("LLMCLI_DEBUG"))
-    _make_stdout_safe()
+    make_stdout_safe()  # unencodable characters become '?' (PYTHONIOENCODING=ascii)
     try:
         app()
     except LLMCLIError as exc:
@@ -87,17 +88,6 @@ def main() -> None:
             raise
         _stderr_line(f"error: {type(exc).__name__}: {exc} (run `llmcli --debug ...` for a traceback)")
         sys.exit(1)
-
-
-def _make_stdout_safe() -> None:
-    """Never crash on a stdout that cannot encode the text (``PYTHONIOENCODING=ascii``, a
-    legacy code page): unencodable characters, in help texts or generated text, become ``?``.
-    (stderr already uses ``backslashreplace``.)"""
-    try:
-        if (sys.stdout.encoding or "").lower().replace("-", "").replace("_", "") != "utf8":
-            sys.stdout.reconfigure(errors="replace")
-    except (AttributeError, ValueError):
-        pass
 
 
 def _stderr_line(text: str) -> None:

@@ -12,6 +12,7 @@ import typer
 from llmcli.cli.common import (DeviceOpt, DtypeOpt, ModelOpt, ThreadsOpt, read_prompt,
                                resolve_model_dir, set_threads, stderr_console)
 from llmcli.errors import UsageError
+from llmcli.render import make_stdout_safe
 
 
 def generate_command(
@@ -113,7 +114,7 @@ def run_generate(text: str, model_dir, params, max_tokens: int, stop: list[str],
                      top_logprobs=top_logprobs, logprobs=view.wants_logprobs)
 
     out = sys.stdout
-    _make_stdout_safe()
+    make_stdout_safe()
     tty = out.isatty()
     view.tty = tty
     if json_out:
@@ -249,16 +250,6 @@ def _silence_stdout() -> None:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
     except (OSError, ValueError):
-        pass
-
-
-def _make_stdout_safe() -> None:
-    """Never crash on a stdout that cannot encode the text (e.g. ``PYTHONIOENCODING=ascii``)."""
-    try:
-        enc = (sys.stdout.encoding or "").lower().replace("-", "")
-        if enc != "utf8":
-            sys.stdout.reconfigure(errors="replace")
-    except (AttributeError, ValueError):
         pass
 
 
