@@ -87,8 +87,19 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate queries or keys ``x`` (B, heads, T, Dh) by position (Su et al. 2021, RoFormer)."""
+    """Rotate queries or keys ``x`` (B, heads, T, Dh) by position (Su et al. 2021, RoFormer).
+
+    ``x·cos + rotate_half(x)·sin`` as in transformers' ``apply_rotary_pos_emb``.
+    """
     return x * cos + rotate_half(x) * sin
+
+
+def signed_sin(sin: torch.Tensor) -> torch.Tensor:
+    """``sin`` (…, Dh) with its first half negated, so that ``rotate_half(x)·sin`` equals
+    ``roll(x, Dh/2)·signed_sin(sin)`` exactly (negation is exact): one roll replaces
+    rotate_half's chunk, neg and cat in the decoding fast path."""
+    half = sin.shape[-1] // 2
+    return torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
 
 
 # ----------------------------------------------------------------------------- KV cache
@@ -109,10 +120,11 @@ class KVCache:
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
         self.max_len = max_len
         self.length = 0  # positions filled so far (advanced by the model after each forward)
-        self.cos = self.sin = None
+        self.cos = self.sin = self.sin_signed = None
         if inv_freq is not None:
             positions = torch.arange(max_len, device=inv_freq.device)
             self.cos, self.sin = rope_cos_sin(inv_freq, positions, dtype)              # (L, Dh)
+            self.sin_signed = signed_sin(self.sin)                                      # (L, Dh)
 
     def update(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,6 +173,18 @@ class LlamaRMSNorm(nn.Module):
         return self.weight * x32.to(dtype)
 
 
+#: ``torch.nn.functional.rms_norm`` (torch ≥ 2.4): one fused kernel instead of seven ops.
+_HAS_RMS_NORM = hasattr(F, "rms_norm")
+
+
+def rms_norm(x: torch.Tensor, norm: LlamaRMSNorm) -> torch.Tensor:
+    """``norm(x)`` for (..., D), through the fused kernel when ``x`` is float32 (where it is
+    the same computation; other dtypes keep transformers' float32-then-cast order)."""
+    if _HAS_RMS_NORM and x.dtype == torch.float32 and norm.weight.dtype == torch.float32:
+        return F.rms_norm(x, norm.weight.shape, norm.weight, norm.eps)
+    return norm(x)
+
+
 class LlamaAttention(nn.Module):
     """Grouped-query self-attention with RoPE.
 
@@ -178,13 +202,22 @@ class LlamaAttention(nn.Module):
         self.v_proj = nn.Linear(config.hidden_size, self.n_kv * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.hidden_size, bias=bias)
         self.dropout = 0.0  # training only; set by llmcli.train
+        # ((H+2K)·Dh, D) and ((H+2K)·Dh,): q, k, v weights in one matrix, set by
+        # LlamaForCausalLM.fuse_projections (q_proj/k_proj/v_proj.weight are then views of it)
+        self.qkv_weight: torch.Tensor | None = None
+        self.qkv_bias: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layer: int,
                 cache: KVCache | None, start_pos: int, capture: Capture | None) -> torch.Tensor:
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
-        k = self.k_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)     # (B, K, T, Dh)
-        v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)     # (B, K, T, Dh)
+        if self.qkv_weight is not None:  # one matmul, then split: (B, T, H·Dh), (B, T, K·Dh) ×2
+            q, k, v = F.linear(x, self.qkv_weight, self.qkv_bias).split(
+                (self.n_heads * self.head_dim, self.n_kv * self.head_dim, self.n_kv * self.head_dim), dim=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)               # (B, H, T, Dh)
+        k = k.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)                  # (B, K, T, Dh)
+        v = v.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)                  # (B, K, T, Dh)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(layer, start_pos, k, v)                              # (B, K, S, Dh)
@@ -234,8 +267,15 @@ class LlamaMLP(nn.Module):
         self.gate_proj = nn.Linear(D, Fi, bias=bias)
         self.up_proj = nn.Linear(D, Fi, bias=bias)
         self.down_proj = nn.Linear(Fi, D, bias=bias)
+        # (2F, D) and (2F,): gate and up weights in one matrix, set by
+        # LlamaForCausalLM.fuse_projections (gate_proj/up_proj.weight are then views of it)
+        self.gate_up_weight: torch.Tensor | None = None
+        self.gate_up_bias: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) → (B, T, D)
+        if self.gate_up_weight is not None:
+            gate, up = F.linear(x, self.gate_up_weight, self.gate_up_bias).chunk(2, dim=-1)  # (B, T, F) ×2
+            return self.down_proj(F.silu(gate) * up)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -253,11 +293,11 @@ class LlamaDecoderLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 cache: KVCache | None, start_pos: int, capture: Capture | None) -> torch.Tensor:
-        a = self.self_attn(self.input_layernorm(x), cos, sin, self.index, cache, start_pos, capture)
+        a = self.self_attn(rms_norm(x, self.input_layernorm), cos, sin, self.index, cache, start_pos, capture)
         if self.training and self.dropout:
             a = F.dropout(a, self.dropout)
         h = x + a                                                                  # (B, T, D)
-        m = self.mlp(self.post_attention_layernorm(h))
+        m = self.mlp(rms_norm(h, self.post_attention_layernorm))
         if self.training and self.dropout:
             m = F.dropout(m, self.dropout)
         return h + m                                                               # (B, T, D)
@@ -319,6 +359,9 @@ class LlamaForCausalLM(nn.Module):
         start = cache.length if cache is not None else 0
         if cache is not None and start + T > cache.max_len:
             raise ValueError(f"KV cache holds {cache.max_len} positions; {start + T} needed")
+        if (T == 1 and cache is not None and cache.sin_signed is not None and capture is None
+                and not self.training and self._fused):
+            return self._decode_one(input_ids, cache)
         x = self.model.embed_tokens(input_ids)                                   # (B, T, D)
         if embed_dropout and self.training:
             x = F.dropout(x, embed_dropout)
@@ -339,10 +382,75 @@ class LlamaForCausalLM(nn.Module):
             cache.length = start + T
         if last_only:
             x = x[:, -1:]
-        x = self.model.norm(x)                                                   # (B, T, D)
+        x = rms_norm(x, self.model.norm)                                         # (B, T, D)
         if capture is not None:
             capture.hidden_states.append(x)
         return self.lm_head(x)                                                   # (B, T, V)
+
+    _fused = False
+
+    @torch.no_grad()
+    def fuse_projections(self) -> None:
+        """Concatenate each layer's q/k/v weights, and gate/up weights, into one matrix each
+        (one matmul instead of three, and two), for inference.
+
+        The original parameters become views of the fused matrices, so memory does not grow
+        and ``state_dict()`` keeps transformers' names and values. Call it on a loaded model
+        before generating; training keeps the separate matrices.
+        """
+        def fuse(linears):
+            weight = torch.cat([m.weight for m in linears])
+            bias = torch.cat([m.bias for m in linears]) if linears[0].bias is not None else None
+            row = 0
+            for m in linears:
+                n = m.weight.shape[0]
+                m.weight = nn.Parameter(weight[row:row + n], requires_grad=False)
+                if bias is not None:
+                    m.bias = nn.Parameter(bias[row:row + n], requires_grad=False)
+                row += n
+            return weight, bias
+
+        for layer in self.model.layers:
+            a, m = layer.self_attn, layer.mlp
+            a.qkv_weight, a.qkv_bias = fuse([a.q_proj, a.k_proj, a.v_proj])
+            m.gate_up_weight, m.gate_up_bias = fuse([m.gate_proj, m.up_proj])
+        self._fused = True
+
+    def _decode_one(self, input_ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """:meth:`forward` for one new token per sequence (B, 1) with a cache → logits (B, 1, V).
+
+        The decoding step of generation, written as straight-line tensor code: the same
+        arithmetic as the general path (so the same logits to rounding), in fewer operations:
+        fused q/k/v and gate/up matmuls, RoPE applied to q and k together with one ``roll``,
+        fused RMSNorm, no module calls. Needs :meth:`fuse_projections` first.
+        """
+        B = input_ids.shape[0]
+        pos = cache.length
+        cos, sin = cache.cos[pos], cache.sin_signed[pos]                         # (Dh,) each
+        x = F.embedding(input_ids, self.model.embed_tokens.weight)               # (B, 1, D)
+        for i, layer in enumerate(self.model.layers):
+            attn, mlp = layer.self_attn, layer.mlp
+            H, K, Dh = attn.n_heads, attn.n_kv, attn.head_dim
+            qkv = F.linear(rms_norm(x, layer.input_layernorm), attn.qkv_weight, attn.qkv_bias)
+            qk = qkv[:, 0, :(H + K) * Dh].view(B, H + K, Dh)                      # (B, H+K, Dh)
+            qk = qk * cos + qk.roll(Dh // 2, dims=-1) * sin                       # RoPE, q and k
+            cache.k[i][:, :, pos] = qk[:, H:]                                      # (B, K, Dh)
+            cache.v[i][:, :, pos] = qkv[:, 0, (H + K) * Dh:].view(B, K, Dh)
+            keys, values = cache.k[i][:, :, :pos + 1], cache.v[i][:, :, :pos + 1]  # (B, K, S, Dh)
+            q = qk[:, :H].unsqueeze(2)                                             # (B, H, 1, Dh)
+            if K == H:
+                out = F.scaled_dot_product_attention(q, keys, values)
+            elif _SDPA_GQA:
+                out = F.scaled_dot_product_attention(q, keys, values, enable_gqa=True)
+            else:
+                out = F.scaled_dot_product_attention(
+                    q, keys.repeat_interleave(H // K, dim=1), values.repeat_interleave(H // K, dim=1))
+            x = x + F.linear(out.reshape(B, 1, H * Dh), attn.o_proj.weight, attn.o_proj.bias)  # (B, 1, D)
+            gate, up = F.linear(rms_norm(x, layer.post_attention_layernorm),
+                                mlp.gate_up_weight, mlp.gate_up_bias).chunk(2, dim=-1)      # (B, 1, F) ×2
+            x = x + F.linear(F.silu(gate) * up, mlp.down_proj.weight, mlp.down_proj.bias)   # (B, 1, D)
+        cache.length = pos + 1
+        return F.linear(rms_norm(x, self.model.norm), self.lm_head.weight, self.lm_head.bias)  # (B, 1, V)
 
     def num_parameters(self) -> int:
         """Number of distinct parameters (a tied ``lm_head`` is counted once)."""

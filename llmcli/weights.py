@@ -205,6 +205,7 @@ def load_model(model_dir: Path | str, dtype: str = "auto", device: str = "cpu",
         model.lm_head.weight = model.model.embed_tokens.weight
     model.inv_freq = rope_inv_freq(config).to(device)
     model.eval()
+    model.fuse_projections()
     return model, config
 
 

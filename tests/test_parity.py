@@ -296,3 +296,40 @@ def test_real_model_logits_and_greedy(name):
     ours = greedy(model, prompt, 40)
     assert ours == hf_greedy(hf_model, prompt, 40)
     assert tok.decode(ours).strip()  # real words, not an empty string
+
+
+@pytest.mark.parametrize("case", ["gqa", "bias", "bf16"])
+@torch.no_grad()
+def test_fused_decode_path_equals_general_path(tmp_path, case):
+    """load_model fuses q/k/v and gate/up; the one-token decode fast path gives the logits of
+    the general (unfused, module-by-module) path, and the parameters keep their values."""
+    from llmcli.model import LlamaForCausalLM
+
+    kwargs = dict(CASES[case])
+    dtype = "bfloat16" if kwargs.get("storage_dtype") is torch.bfloat16 else "float32"
+    model_dir, _ = make_checkpoint(tmp_path, **kwargs)
+    fused, config = load_model(model_dir, dtype=dtype)
+    assert fused._fused and fused.model.layers[0].self_attn.qkv_weight is not None
+    plain = LlamaForCausalLM(config).to(fused.dtype).eval()
+    plain.load_state_dict(fused.state_dict())
+    assert not plain._fused
+    state = fused.state_dict()
+    for name, tensor in load_file(str(model_dir / "model.safetensors")).items():
+        assert torch.equal(state[name], tensor.to(fused.dtype)), name
+
+    ids = _tokens(config.vocab_size, batch=2, length=12)
+    calls = []
+    original = LlamaForCausalLM._decode_one
+    LlamaForCausalLM._decode_one = lambda self, *a: calls.append(1) or original(self, *a)
+    try:
+        caches = [fused.new_cache(batch=2), plain.new_cache(batch=2)]
+        outs = [[m(ids[:, :4], cache=c)] for m, c in zip((fused, plain), caches)]
+        for t in range(4, 12):
+            for m, c, out in zip((fused, plain), caches, outs):
+                out.append(m(ids[:, t:t + 1], cache=c))
+    finally:
+        LlamaForCausalLM._decode_one = original
+    assert len(calls) == 8  # the fused model took the fast path at every single-token step
+    tol = 1e-5 if dtype == "float32" else 6e-2  # bf16: a few ulps of logits near 1-4
+    for a, b in zip(*outs):
+        assert _max_diff(a, b) <= tol

@@ -41,6 +41,9 @@ def train_command(
     max_minutes: Annotated[float, typer.Option(help="Wall-clock budget in minutes for the training loop; the learning-rate schedule follows it when it ends the run first.")] = 52.0,
     seed: Annotated[int, typer.Option("-s", "--seed")] = 1337,
     threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
+    precision: Annotated[str, typer.Option(
+        help="float32, or bfloat16 (bf16 autocast for the matmuls, float32 weights; about 2x "
+             "faster on CPUs with AVX512-BF16).")] = "float32",
 ) -> None:
     """Train a small Llama model and its tokenizer from text files.
 
@@ -60,6 +63,8 @@ def train_command(
                         ("--batch-size", batch_size), ("--threads", threads)):
         if value < 1:
             raise UsageError(f"{name}: must be positive, got {value}")
+    if precision not in ("float32", "bfloat16"):
+        raise UsageError(f"--precision: must be float32 or bfloat16, got {precision!r}")
     if not 0 <= dropout < 1:
         raise UsageError(f"--dropout: must be in [0, 1), got {dropout}")
     console = Console(stderr=True, highlight=False)
@@ -71,7 +76,7 @@ def train_command(
         context=context, batch_size=batch_size, max_steps=max_steps, lr=lr, min_lr=min_lr,
         warmup_steps=warmup_steps, weight_decay=weight_decay, dropout=dropout,
         eval_interval=eval_interval, eval_batches=eval_batches, patience=patience, max_minutes=max_minutes, seed=seed,
-        threads=threads)
+        threads=threads, precision=precision)
     command = "llmcli " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     with Progress(TextColumn("training"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
                   TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(), TimeRemainingColumn(),

@@ -42,6 +42,7 @@ class TrainSettings:
     max_minutes: float = 55.0
     seed: int = 1337
     threads: int = 2
+    precision: str = "float32"  # "bfloat16": bf16 autocast for matmuls, float32 master weights
 
 
 @dataclass
@@ -190,6 +191,14 @@ def train(train_docs: list[Document], valid_docs: list[Document], out_dir: Path,
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": s.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=s.lr, betas=(0.9, 0.95), eps=1e-8)
+    if s.precision not in ("float32", "bfloat16"):
+        raise ValueError(f"precision must be float32 or bfloat16, got {s.precision!r}")
+
+    def autocast():
+        # bf16 matmuls (about 2x faster on CPUs with AVX512-BF16/AMX); weights, optimizer
+        # state and the loss stay float32. The final held-out evaluation is always float32.
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=s.precision == "bfloat16")
+
     gen = torch.Generator().manual_seed(s.seed)
     eval_gen = torch.Generator().manual_seed(s.seed + 1)
     eval_starts = {
@@ -209,7 +218,9 @@ def train(train_docs: list[Document], valid_docs: list[Document], out_dir: Path,
         with torch.inference_mode():
             for b in range(s.eval_batches):
                 x, y = batch(data, eval_starts[split][b * s.batch_size:(b + 1) * s.batch_size])
-                total += F.cross_entropy(model(x).flatten(0, 1), y.flatten()).item()
+                with autocast():
+                    logits = model(x)
+                total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten()).item()
         model.train()
         return total / s.eval_batches
 
@@ -224,8 +235,9 @@ def train(train_docs: list[Document], valid_docs: list[Document], out_dir: Path,
         for group in opt.param_groups:
             group["lr"] = lr
         x, y = batch(train_ids, torch.randint(0, len(train_ids) - s.context - 1, (s.batch_size,), generator=gen))
-        logits = model(x, embed_dropout=s.dropout)
-        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+        with autocast():
+            logits = model(x, embed_dropout=s.dropout)                       # (B, T, V)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
