@@ -193,3 +193,33 @@ def test_train_holdout_errors(tmp_path):
     assert proc.returncode == 2 and "--holdout" in proc.stderr
     proc = _llmcli("train", str(tmp_path), "--holdout", "zzz.txt", "-o", str(tmp_path / "out"))
     assert proc.returncode == 1 and "zzz.txt" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_space_after_newline_tokenizer(tmp_path):
+    """Line-initial words get the "▁word" piece they have inside a line; decoding (whole and
+    streamed) still gives back exactly the text."""
+    from llmcli.tokenizer import Tokenizer
+    from llmcli.train.trainer import train_tokenizer
+
+    docs = [Document("p", _play(0, 400))]
+    plain = Tokenizer(train_tokenizer(docs, 320, tmp_path / "plain", threads=1))
+    spaced = Tokenizer(train_tokenizer(docs, 320, tmp_path / "spaced", threads=1, space_after_newline=True))
+    text = "ROMEO.\nLove death king.\n\nJULIET.\n  Sweet\tnight.\n \n"
+    def after_newline(tok):
+        pieces = tok.sp.encode("x\nlove", out_type=str)
+        return pieces[pieces.index("<0x0A>") + 1]
+
+    assert after_newline(spaced).startswith("\u2581") and not after_newline(plain).startswith("\u2581")
+    rng = random.Random(0)
+    for tok in (plain, spaced):
+        for t in (text, "\n", "a\n", "\n\n x", _play(5, 20)):
+            ids = tok.encode(t)
+            stream = tok.stream()
+            assert tok.decode(ids) == t
+            assert "".join(stream.push(i) for i in ids) + stream.flush() == t
+        newline_ids = tok.encode("\n ") + tok.encode(" \n")
+        for _ in range(300):
+            ids = [rng.choice(newline_ids) if rng.random() < 0.3 else rng.randrange(3, tok.vocab_size)
+                   for _ in range(rng.randint(1, 30))]
+            stream = tok.stream()
+            assert "".join(stream.push(i) for i in ids) + stream.flush() == tok.decode(ids)

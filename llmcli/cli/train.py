@@ -22,6 +22,9 @@ def train_command(
     upper_speakers: Annotated[bool, typer.Option(
         help="Write speaker-name lines of plays in capitals (one convention for all plays).")] = False,
     vocab_size: Annotated[int, typer.Option(help="sentencepiece vocabulary size.")] = 2048,
+    space_after_newline: Annotated[bool, typer.Option(
+        help="Tokenizer: encode a word at the start of a line as '▁word', as inside a line "
+             "(the normaliser adds a space after each newline, the decoder removes it).")] = False,
     hidden_size: Annotated[int, typer.Option()] = 256,
     intermediate_size: Annotated[int, typer.Option()] = 704,
     layers: Annotated[int, typer.Option(help="num_hidden_layers.")] = 6,
@@ -76,7 +79,7 @@ def train_command(
         context=context, batch_size=batch_size, max_steps=max_steps, lr=lr, min_lr=min_lr,
         warmup_steps=warmup_steps, weight_decay=weight_decay, dropout=dropout,
         eval_interval=eval_interval, eval_batches=eval_batches, patience=patience, max_minutes=max_minutes, seed=seed,
-        threads=threads, precision=precision)
+        threads=threads, precision=precision, space_after_newline=space_after_newline)
     command = "llmcli " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     with Progress(TextColumn("training"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
                   TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(), TimeRemainingColumn(),

@@ -43,6 +43,7 @@ class TrainSettings:
     seed: int = 1337
     threads: int = 2
     precision: str = "float32"  # "bfloat16": bf16 autocast for matmuls, float32 master weights
+    space_after_newline: bool = False  # tokenizer: line-initial words get "▁" (see train_tokenizer)
 
 
 @dataclass
@@ -62,11 +63,20 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
 
 
-def train_tokenizer(docs: list[Document], vocab_size: int, out_prefix: Path, threads: int = 2) -> Path:
+def train_tokenizer(docs: list[Document], vocab_size: int, out_prefix: Path, threads: int = 2,
+                    space_after_newline: bool = False) -> Path:
     """Train a byte-fallback BPE sentencepiece model on the lines of ``docs``.
 
     Settings follow Llama 2's tokenizer (identity normalisation, no whitespace collapsing,
-    split digits, byte fallback so any text encodes; ``\\n`` becomes ``<0x0A>``).
+    split digits, byte fallback so any text encodes; ``\n`` becomes ``<0x0A>``).
+
+    With ``space_after_newline``, the tokenizer's normaliser turns every ``\n`` into
+    ``\n`` + space and its denormaliser turns it back (sentencepiece's
+    ``normalization_rule_tsv`` / ``denormalization_rule_tsv``), so a word at the start of a
+    line is encoded as ``▁word``, the piece it has inside a line and the one it was trained
+    on, instead of a second set of space-less pieces. Decoding is unchanged: ``decode(encode(t))
+    == t`` for every text.
+
     Returns the path of the ``.model`` file.
     """
     import sentencepiece as spm
@@ -77,10 +87,16 @@ def train_tokenizer(docs: list[Document], vocab_size: int, out_prefix: Path, thr
                 if line.strip():
                     yield line
 
+    rules = {"normalization_rule_name": "identity"}
+    if space_after_newline:
+        norm, denorm = Path(str(out_prefix) + ".norm.tsv"), Path(str(out_prefix) + ".denorm.tsv")
+        norm.write_text("0A\t0A 20\n", encoding="ascii")     # codepoints: "\n" → "\n "
+        denorm.write_text("0A 20\t0A\n", encoding="ascii")   # "\n " → "\n"
+        rules = {"normalization_rule_tsv": str(norm), "denormalization_rule_tsv": str(denorm)}
     spm.SentencePieceTrainer.train(
         sentence_iterator=lines(), model_prefix=str(out_prefix), model_type="bpe",
         vocab_size=vocab_size, character_coverage=1.0, byte_fallback=True, split_digits=True,
-        normalization_rule_name="identity", remove_extra_whitespaces=False,
+        remove_extra_whitespaces=False, **rules,
         add_dummy_prefix=True, allow_whitespace_only_pieces=True, unk_id=0, bos_id=1, eos_id=2,
         pad_id=-1, num_threads=threads, max_sentence_length=16384, minloglevel=2)
     return Path(str(out_prefix) + ".model")
@@ -158,7 +174,8 @@ def train(train_docs: list[Document], valid_docs: list[Document], out_dir: Path,
     torch.manual_seed(s.seed)
     torch.set_num_threads(s.threads)
     workdir = Path(tempfile.mkdtemp(prefix="llmcli-train-"))
-    tok_path = train_tokenizer(train_docs, s.vocab_size, workdir / "tokenizer", s.threads)
+    tok_path = train_tokenizer(train_docs, s.vocab_size, workdir / "tokenizer", s.threads,
+                               space_after_newline=s.space_after_newline)
     tok = Tokenizer(tok_path)
 
     def stream(docs):
