@@ -363,3 +363,7 @@ def test_debug_shows_the_traceback(tmp_path):
     assert "Traceback" in proc.stderr and "LLMCLIError" in proc.stderr
     env = llmcli("generate", "-m", "no/such/dir", "hi", cwd=tmp_path, env=env_for(LLMCLI_DEBUG="1"))
     assert "Traceback" in env.stderr
+    after = llmcli("generate", "-m", "no/such/dir", "hi", "--debug", cwd=tmp_path)  # anywhere
+    assert after.returncode == EXIT_ERROR and "Traceback" in after.stderr
+    text = llmcli("generate", "-m", "no/such/dir", "--", "--debug", cwd=tmp_path)  # after --: text
+    assert text.returncode == EXIT_ERROR and "Traceback" not in text.stderr

@@ -69,10 +69,14 @@ def main() -> None:
 
     Exit codes: 0 success, 1 error (bad file, model, ...), 2 usage error, 130 interrupted.
     """
-    debug = "--debug" in sys.argv or bool(os.environ.get("LLMCLI_DEBUG"))
+    args = sys.argv[1:]
+    end = args.index("--") if "--" in args else len(args)
+    debug = "--debug" in args[:end] or bool(os.environ.get("LLMCLI_DEBUG"))
+    if "--debug" in args[:end]:  # accepted anywhere before "--": move it to the root command
+        args = ["--debug"] + [a for i, a in enumerate(args) if i >= end or a != "--debug"]
     make_stdout_safe()  # unencodable characters become '?' (PYTHONIOENCODING=ascii)
     try:
-        app()
+        app(args=args, prog_name="llmcli")
     except LLMCLIError as exc:
         if debug:
             raise
