@@ -87,3 +87,23 @@ def test_unexpected_error_hint_names_the_debug_flag(tmp_path):
 def test_tokenize_modes_work_without_a_model_forward(flag):
     proc = run(["tokenize", flag, "ROMEO:"])
     assert proc.returncode == 0 and proc.stdout.strip()
+
+
+def test_ctrl_c_during_start_up_imports_exits_130_quietly(monkeypatch, capsys):
+    import builtins
+    import sys
+
+    import llmcli.__main__ as entry
+
+    real_import = builtins.__import__
+
+    def interrupted(name, *args, **kwargs):
+        if name == "llmcli.cli.app":
+            raise KeyboardInterrupt
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.delitem(sys.modules, "llmcli.cli.app", raising=False)
+    monkeypatch.setattr(builtins, "__import__", interrupted)
+    with pytest.raises(SystemExit) as exit_info:
+        entry.main()
+    assert exit_info.value.code == 130 and capsys.readouterr().err == "\n"
