@@ -36,6 +36,8 @@ def test_wheel_contains_model_and_runs_from_elsewhere(tmp_path):
         names = set(zf.namelist())
         for name in ("config.json", "model.safetensors", "tokenizer.model"):
             assert f"llmcli/_models/shakespeare/{name}" in names
+        (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+        assert "llmcli = llmcli.__main__:main" in zf.read(entry_points).decode()
         site = tmp_path / "site"
         zf.extractall(site)
     # Run the installed copy from another directory: it must find its own bundled model.
