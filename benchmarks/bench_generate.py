@@ -13,7 +13,7 @@ table is repeated with a second process spinning one core ("busy"), which shows 
 threads are worth on a shared machine (the reason ``--threads`` defaults to 1).
 
     python benchmarks/bench_generate.py [-m MODEL_DIR] [-n 128] [--reps 5] [--threads 1,2]
-                                        [--no-busy] [--profile]
+                                        [--no-busy] [--general-path] [--profile]
 
 Results (2026-11-30; 2-core AMD EPYC VM, torch 2.13 CPU, transformers 5.24; bundled
 shakespeare model, 5.3 M parameters; 29-token prompt, 128 new tokens; medians of 7):
@@ -138,12 +138,14 @@ def spinner() -> subprocess.Popen:
 
 
 def table(rows: list[tuple], reps: int) -> str:
-    head = f"{'load':<6}{'threads':>8}  {'':<13}{'TTFT ms':>9}{'decode tok/s':>14}"
+    head = f"{'load':<6}{'threads':>8}  {'':<15}{'TTFT ms':>9}{'decode tok/s':>14}"
     lines = [head, "-" * len(head)]
-    for load, threads, ours, ref in rows:
-        lines.append(f"{load:<6}{threads:>8}  {'llmcli':<13}{ours[0] * 1e3:>9.2f}{ours[1]:>14.1f}")
-        lines.append(f"{'':<6}{'':>8}  {'transformers':<13}{ref[0] * 1e3:>9.2f}{ref[1]:>14.1f}")
-        lines.append(f"{'':<6}{'':>8}  {'ratio':<13}{ref[0] / ours[0]:>8.2f}x{ours[1] / ref[1]:>13.2f}x")
+    for load, threads, ours, ref, general in rows:
+        lines.append(f"{load:<6}{threads:>8}  {'llmcli':<15}{ours[0] * 1e3:>9.2f}{ours[1]:>14.1f}")
+        if general is not None:
+            lines.append(f"{'':<6}{'':>8}  {'llmcli general':<15}{general[0] * 1e3:>9.2f}{general[1]:>14.1f}")
+        lines.append(f"{'':<6}{'':>8}  {'transformers':<15}{ref[0] * 1e3:>9.2f}{ref[1]:>14.1f}")
+        lines.append(f"{'':<6}{'':>8}  {'ratio':<15}{ref[0] / ours[0]:>8.2f}x{ours[1] / ref[1]:>13.2f}x")
     lines.append(f"(medians of {reps} runs after a warm-up; ratio = llmcli's advantage: "
                  "transformers TTFT / llmcli TTFT, llmcli tokens/s / transformers tokens/s)")
     return "\n".join(lines)
@@ -170,6 +172,9 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     parser.add_argument("--no-busy", action="store_true", help="skip the busy-machine table")
+    parser.add_argument("--general-path", action="store_true",
+                        help="also time llmcli without the fused one-token decoding path "
+                             "(separate q/k/v and gate/up matmuls, module by module)")
     parser.add_argument("--profile", action="store_true",
                         help="also print a cProfile of one llmcli generation (1 thread)")
     args = parser.parse_args()
@@ -182,6 +187,12 @@ def main() -> None:
     model, config = load_model(model_dir)
     tokenizer = Tokenizer(model_dir / "tokenizer.model")
     hf_model = load_transformers(model_dir)
+    general_model = None
+    if args.general_path:
+        from llmcli.model import LlamaForCausalLM
+
+        general_model = LlamaForCausalLM(config).eval()   # unfused: the general forward
+        general_model.load_state_dict(model.state_dict())
     prompt_ids = tokenizer.encode(args.prompt)
     n = min(args.new_tokens, config.max_position_embeddings - len(prompt_ids))
     threads = [int(t) for t in args.threads.split(",")]
@@ -195,10 +206,13 @@ def main() -> None:
         try:
             for t in threads:
                 torch.set_num_threads(t)
-                ours, ref = measure([lambda: run_llmcli(model, tokenizer, prompt_ids, n),
-                                     lambda: run_transformers(hf_model, prompt_ids, n)], args.reps)
-                same &= ours[2] == ref[2]
-                rows.append((load, t, ours, ref))
+                fns = [lambda: run_llmcli(model, tokenizer, prompt_ids, n),
+                       lambda: run_transformers(hf_model, prompt_ids, n)]
+                if general_model is not None:
+                    fns.append(lambda: run_llmcli(general_model, tokenizer, prompt_ids, n))
+                ours, ref, *general = measure(fns, args.reps)
+                same &= ours[2] == ref[2] and all(g[2] == ref[2] for g in general)
+                rows.append((load, t, ours, ref, general[0] if general else None))
                 print(f"  {load} {t} thread(s): llmcli {ours[1]:.1f} tok/s, transformers {ref[1]:.1f} tok/s",
                       file=sys.stderr)
         finally:

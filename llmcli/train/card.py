@@ -47,6 +47,14 @@ def write_model_card(model_dir: Path, title: str | None = None, source_note: str
     hist = "\n".join(f"| {h['step']} | {h['seconds'] / 60:.1f} | {h['train_loss']:.3f} | {h['valid_loss']:.3f} |"
                      for h in r["history"])
     name = title or model_dir.name
+    if s.get("space_after_newline"):
+        newline_rule = ("no other normalisation except one rule: the normaliser adds a space after "
+                        "each newline and the decoder removes it, so that a word starting a line is "
+                        "`▁word` as inside a line (`--space-after-newline`); no space collapsing, ")
+    else:
+        newline_rule = "identity normalisation (no space collapsing), "
+    precision = ("bfloat16 autocast for the matrix multiplications (weights, optimizer state and "
+                 "loss in float32)" if s.get("precision") == "bfloat16" else "float32")
     train_ppl = math.exp(r["train_loss"])
     text = f"""# {name}
 
@@ -69,9 +77,9 @@ capitals on their own line, verse-like lines, mostly real words), not sense.
 
 ## Tokenizer
 
-sentencepiece BPE trained on the training works only: vocabulary {s["vocab_size"]}, byte
-fallback (any text encodes; a newline is the byte piece `<0x0A>`), identity normalisation (no
-space collapsing), split digits, `<unk>`=0, `<s>`=1, `</s>`=2. Each work is encoded as
+sentencepiece BPE trained on the lines of the training works only: vocabulary
+{s["vocab_size"]}, byte fallback (any text encodes; a newline is the byte piece `<0x0A>`),
+{newline_rule}split digits, `<unk>`=0, `<s>`=1, `</s>`=2. Each work is encoded as
 `<s>` + text + `</s>`.
 
 ## Model
@@ -90,9 +98,10 @@ space collapsing), split digits, `<unk>`=0, `<s>`=1, `</s>`=2. Each work is enco
 ## Training
 
 AdamW (β=0.9/0.95, weight decay {s["weight_decay"]} on matrices), peak learning rate {s["lr"]}
-with {s["warmup_steps"]} warm-up steps then cosine decay to {s["min_lr"]} over {s["max_steps"]} steps,
+with {s["warmup_steps"]} warm-up steps then cosine decay to {s["min_lr"]} over {s["max_steps"]} steps
+or the {s["max_minutes"]:g}-minute time budget, whichever ends first,
 batch {s["batch_size"]} × {s["context"]} tokens, residual and embedding dropout {s["dropout"]},
-gradient clipping 1.0, seed {s["seed"]}, {s["threads"]} torch threads. Evaluation every
+gradient clipping 1.0, seed {s["seed"]}, {s["threads"]} torch threads, {precision}. Evaluation every
 {s["eval_interval"]} steps; the weights with the best validation loss are kept (early stopping
 patience {s["patience"]} evaluations).
 
