@@ -333,3 +333,23 @@ def test_fused_decode_path_equals_general_path(tmp_path, case):
     tol = 1e-5 if dtype == "float32" else 6e-2  # bf16: a few ulps of logits near 1-4
     for a, b in zip(*outs):
         assert _max_diff(a, b) <= tol
+
+
+@torch.no_grad()
+def test_bundled_model_loads_in_transformers_with_equal_logits_and_greedy_output():
+    """The shipped default model is a plain HF checkpoint: transformers loads it unchanged,
+    and llmcli's logits and greedy continuation equal transformers'."""
+    from pathlib import Path
+
+    from llmcli.tokenizer import Tokenizer
+
+    model_dir = Path(__file__).resolve().parents[1] / "models" / "shakespeare"
+    hf_model = load_hf(model_dir)
+    model, config = load_model(model_dir)
+    tok = Tokenizer(model_dir / "tokenizer.model")
+    prompt = tok.encode("ROMEO.\nBut soft, what light through yonder window breaks?\n")
+    ids = torch.tensor([prompt])
+    _assert_close_per_position(model(ids), _hf_logits(hf_model, ids), "bundled model")
+    ours = greedy(model, prompt, 60)
+    assert ours == hf_greedy(hf_model, prompt, 60)
+    assert len(tok.decode(ours).split()) > 5  # words, not an empty string
