@@ -180,8 +180,12 @@ _HAS_RMS_NORM = hasattr(F, "rms_norm")
 def rms_norm(x: torch.Tensor, norm: LlamaRMSNorm) -> torch.Tensor:
     """``norm(x)`` for (..., D), through the fused kernel when ``x`` is float32 (where it is
     the same computation; other dtypes keep transformers' float32-then-cast order)."""
-    if _HAS_RMS_NORM and x.dtype == torch.float32 and norm.weight.dtype == torch.float32:
-        return F.rms_norm(x, norm.weight.shape, norm.weight, norm.eps)
+    return _rms_norm(x, norm.weight, norm.eps, norm)
+
+
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, norm: LlamaRMSNorm) -> torch.Tensor:
+    if _HAS_RMS_NORM and x.dtype == torch.float32 and weight.dtype == torch.float32:
+        return F.rms_norm(x, weight.shape, weight, eps)
     return norm(x)
 
 
@@ -441,6 +445,21 @@ class LlamaForCausalLM(nn.Module):
         self.lm_head.weight = relayout(self.lm_head.weight)
         if tied:
             self.model.embed_tokens.weight = self.lm_head.weight
+        # What _decode_one reads, gathered once: per layer the norms' (weight, eps, module) and
+        # the (in, out) matrices with their biases. (Call this method again after replacing
+        # parameters; load_state_dict copies into these tensors and keeps them valid.)
+        a0 = self.model.layers[0].self_attn
+        self._heads = (a0.n_heads, a0.n_kv, a0.head_dim)
+        self._embed = self.model.embed_tokens.weight.data
+        self._lm_head_t = self.lm_head.weight.data.t()
+        self._decode_layers = []
+        for layer in self.model.layers:
+            a, m, n1, n2 = layer.self_attn, layer.mlp, layer.input_layernorm, layer.post_attention_layernorm
+            self._decode_layers.append((
+                n1.weight.data, n1.eps, n1, a.qkv_weight.t(), a.qkv_bias, a.o_proj.weight.data.t(),
+                None if a.o_proj.bias is None else a.o_proj.bias.data,
+                n2.weight.data, n2.eps, n2, m.gate_up_weight.t(), m.gate_up_bias,
+                m.down_proj.weight.data.t(), None if m.down_proj.bias is None else m.down_proj.bias.data))
         self._fused = True
 
     def _decode_one(self, input_ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
@@ -450,23 +469,23 @@ class LlamaForCausalLM(nn.Module):
         rows: the same arithmetic as the general path (so the same logits to rounding), in
         fewer operations: fused q/k/v and gate/up matmuls straight on the (in, out) storage
         (``torch.mm``/``addmm``, the residual added inside the matmul), RoPE applied to q and
-        k together with one ``roll``, no module calls. Needs :meth:`fuse_projections` first.
+        k together with one ``roll``, and no module calls or attribute look-ups (the tensors
+        of each layer are gathered once by :meth:`fuse_projections`).
         """
         B = input_ids.shape[0]
         pos = cache.length
+        H, K, Dh = self._heads
         cos, sin = cache.cos[pos], cache.sin_signed[pos]                         # (Dh,) each
-        x = F.embedding(input_ids[:, 0], self.model.embed_tokens.weight)         # (B, D)
-        for i, layer in enumerate(self.model.layers):
-            attn, mlp = layer.self_attn, layer.mlp
-            H, K, Dh = attn.n_heads, attn.n_kv, attn.head_dim
-            h = rms_norm(x, layer.input_layernorm)                                # (B, D)
-            qkv = _matmul(h, attn.qkv_weight.t(), attn.qkv_bias)                  # (B, (H+2K)·Dh)
+        x = F.embedding(input_ids[:, 0], self._embed)                           # (B, D)
+        for i, (ln1, eps1, norm1, qkv_t, qkv_b, o_t, o_b, ln2, eps2, norm2, gu_t, gu_b, down_t, down_b) \
+                in enumerate(self._decode_layers):
+            qkv = _matmul(_rms_norm(x, ln1, eps1, norm1), qkv_t, qkv_b)            # (B, (H+2K)·Dh)
             qk = qkv[:, :(H + K) * Dh].view(B, H + K, Dh)                         # (B, H+K, Dh)
             qk = qk * cos + qk.roll(Dh // 2, dims=-1) * sin                       # RoPE, q and k
             k_cache, v_cache = cache.k[i], cache.v[i]                             # (B, K, L, Dh)
-            k_cache[:, :, pos] = qk[:, H:]
-            v_cache[:, :, pos] = qkv[:, (H + K) * Dh:].view(B, K, Dh)
-            keys, values = k_cache[:, :, :pos + 1], v_cache[:, :, :pos + 1]       # (B, K, S, Dh)
+            k_cache.select(2, pos).copy_(qk[:, H:])
+            v_cache.select(2, pos).copy_(qkv[:, (H + K) * Dh:].view(B, K, Dh))
+            keys, values = k_cache.narrow(2, 0, pos + 1), v_cache.narrow(2, 0, pos + 1)  # (B, K, S, Dh)
             q = qk[:, :H].unsqueeze(2)                                             # (B, H, 1, Dh)
             if K == H:
                 out = F.scaled_dot_product_attention(q, keys, values)
@@ -475,12 +494,12 @@ class LlamaForCausalLM(nn.Module):
             else:
                 out = F.scaled_dot_product_attention(
                     q, keys.repeat_interleave(H // K, dim=1), values.repeat_interleave(H // K, dim=1))
-            x = _matmul(out.reshape(B, H * Dh), attn.o_proj.weight.t(), attn.o_proj.bias, x)  # (B, D)
-            gate, up = _matmul(rms_norm(x, layer.post_attention_layernorm), mlp.gate_up_weight.t(),
-                               mlp.gate_up_bias).chunk(2, dim=-1)                 # (B, F) ×2
-            x = _matmul(F.silu(gate) * up, mlp.down_proj.weight.t(), mlp.down_proj.bias, x)  # (B, D)
+            x = _matmul(out.reshape(B, H * Dh), o_t, o_b, x)                      # (B, D)
+            gate, up = _matmul(_rms_norm(x, ln2, eps2, norm2), gu_t, gu_b).chunk(2, dim=-1)  # (B, F) ×2
+            x = _matmul(F.silu(gate) * up, down_t, down_b, x)                     # (B, D)
         cache.length = pos + 1
-        logits = torch.mm(rms_norm(x, self.model.norm), self.lm_head.weight.t())  # (B, V)
+        final = self.model.norm
+        logits = torch.mm(_rms_norm(x, final.weight, final.eps, final), self._lm_head_t)  # (B, V)
         return logits.unsqueeze(1)                                                # (B, 1, V)
 
     def num_parameters(self) -> int:
