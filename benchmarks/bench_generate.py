@@ -15,21 +15,22 @@ threads are worth on a shared machine (the reason ``--threads`` defaults to 1).
     python benchmarks/bench_generate.py [-m MODEL_DIR] [-n 128] [--reps 5] [--threads 1,2]
                                         [--no-busy] [--general-path] [--profile]
 
-Results (2026-11-30; 2-core AMD EPYC VM, torch 2.13 CPU, transformers 5.24; bundled
-shakespeare model, 5.3 M parameters; 29-token prompt, 128 new tokens; medians of 7):
+Results (2026-12-01; 2-core AMD EPYC VM, torch 2.13 CPU, transformers 5.24; bundled
+shakespeare model, 5.3 M parameters; 28-token prompt, 128 new tokens; medians of 7):
 
     threads  machine  llmcli TTFT / tok/s   transformers TTFT / tok/s   llmcli advantage
-    1        idle     6.5 ms / 438-463      7.8-8.1 ms / 362-376        1.2x / 1.2x
-    2        idle     4.6-4.8 ms / 414-483  6.3-6.5 ms / 340-389        1.35x / 1.2x
-    1        busy     6.3-6.6 ms / 438-478  7.7-8.2 ms / 369-407        1.2x / 1.2x
-    2        busy     9-15 ms / 124-157     15-16 ms / 124-131         (both collapse 3x)
+    1        idle     5.3 ms / 838          7.2 ms / 394                1.36x / 2.13x
+    2        idle     4.1 ms / 920          5.7 ms / 399                1.37x / 2.31x
+    1        busy     5.2 ms / 867          7.2 ms / 407                1.38x / 2.13x
+    2        busy     8.1 ms / 217          12.9 ms / 141               (both collapse 2-3x)
 
-Decoding is bound by reading the 21 MB of float32 weights once per token: the matrix
-multiplications take ~70% of llmcli's decode step (torch.profiler), the same matmuls that
-transformers runs, so no Python-side change can double the speed. A second thread helps
-prefill (TTFT) but not decode on this model, and with another process busy on one core two
-threads run 3x slower than one: hence ``--threads 1`` by default. On stories260K (tiny,
-overhead-bound) llmcli's advantage is 1.8x TTFT and 1.4x decode (1690 vs 1190 tokens/s).
+``--general-path`` (llmcli without the one-token fast path: checkpoint-layout weights,
+separate q/k/v and gate/up matmuls, module by module) decoded at 468-523 tok/s. The fast path
+(``LlamaForCausalLM.fuse_projections`` and ``_decode_one``) stores every matrix transposed so
+BLAS runs its fast layout (about 2x faster one-token matmuls on this CPU; the 21 MB of weights
+stay in L3), fuses q/k/v and gate/up, and runs the step as straight-line code. With another
+process busy on one core, two threads run 2-3x slower than one: hence ``--threads 1`` by
+default. Prefill (TTFT) is compute-bound and gains less.
 """
 
 from __future__ import annotations
