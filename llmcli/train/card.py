@@ -50,7 +50,10 @@ def write_model_card(model_dir: Path, title: str | None = None, source_note: str
     if s.get("space_after_newline"):
         newline_rule = ("no other normalisation except one rule: the normaliser adds a space after "
                         "each newline and the decoder removes it, so that a word starting a line is "
-                        "`▁word` as inside a line (`--space-after-newline`); no space collapsing, ")
+                        "`▁word` as inside a line (`--space-after-newline`; `llmcli tokenize` shows "
+                        "that `▁` after each `<0x0A>`, and a prompt ending in a newline ends with a "
+                        "lone `▁`, after which the model usually starts a blank line); no space "
+                        "collapsing, ")
     else:
         newline_rule = "identity normalisation (no space collapsing), "
     precision = ("bfloat16 autocast for the matrix multiplications (weights, optimizer state and "
