@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -177,16 +178,32 @@ class LlamaRMSNorm(nn.Module):
 _HAS_RMS_NORM = hasattr(F, "rms_norm")
 
 
-def rms_norm(x: torch.Tensor, norm: LlamaRMSNorm) -> torch.Tensor:
+def rms_norm(x: torch.Tensor, norm: LlamaRMSNorm, weight: torch.Tensor | None = None) -> torch.Tensor:
     """``norm(x)`` for (..., D), through the fused kernel when ``x`` is float32 (where it is
-    the same computation; other dtypes keep transformers' float32-then-cast order)."""
-    return _rms_norm(x, norm.weight, norm.eps, norm)
-
-
-def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, norm: LlamaRMSNorm) -> torch.Tensor:
+    the same computation; other dtypes keep transformers' float32-then-cast order).
+    ``weight`` is ``norm.weight`` when the caller already holds it (the decoding hot path)."""
+    weight = norm.weight if weight is None else weight
     if _HAS_RMS_NORM and x.dtype == torch.float32 and weight.dtype == torch.float32:
-        return F.rms_norm(x, weight.shape, weight, eps)
+        return F.rms_norm(x, weight.shape, weight, norm.eps)
     return norm(x)
+
+
+class _DecodeLayer(NamedTuple):
+    """One block's tensors as :meth:`LlamaForCausalLM._decode_one` reads them: the norms with
+    their weights, and the (in, out) matrices with their biases (``None`` when absent)."""
+
+    norm1: LlamaRMSNorm
+    norm1_weight: torch.Tensor
+    qkv_t: torch.Tensor           # (D, (H+2K)·Dh)
+    qkv_bias: torch.Tensor | None
+    o_t: torch.Tensor             # (H·Dh, D)
+    o_bias: torch.Tensor | None
+    norm2: LlamaRMSNorm
+    norm2_weight: torch.Tensor
+    gate_up_t: torch.Tensor       # (D, 2F)
+    gate_up_bias: torch.Tensor | None
+    down_t: torch.Tensor          # (F, D)
+    down_bias: torch.Tensor | None
 
 
 def _matmul(x: torch.Tensor, w_t: torch.Tensor, bias: torch.Tensor | None = None,
@@ -435,31 +452,31 @@ class LlamaForCausalLM(nn.Module):
                 row += n
             return weight, bias
 
+        def data(p):
+            return None if p is None else p.data
+
+        self._decode_layers: list[_DecodeLayer] = []   # what _decode_one reads, gathered once
         for layer in self.model.layers:
-            a, m = layer.self_attn, layer.mlp
+            a, m, n1, n2 = layer.self_attn, layer.mlp, layer.input_layernorm, layer.post_attention_layernorm
             a.qkv_weight, a.qkv_bias = fuse([a.q_proj, a.k_proj, a.v_proj])
             m.gate_up_weight, m.gate_up_bias = fuse([m.gate_proj, m.up_proj])
             a.o_proj.weight = relayout(a.o_proj.weight)
             m.down_proj.weight = relayout(m.down_proj.weight)
+            self._decode_layers.append(_DecodeLayer(
+                n1, n1.weight.data, a.qkv_weight.t(), a.qkv_bias, a.o_proj.weight.data.t(), data(a.o_proj.bias),
+                n2, n2.weight.data, m.gate_up_weight.t(), m.gate_up_bias, m.down_proj.weight.data.t(),
+                data(m.down_proj.bias)))
         tied = self.lm_head.weight is self.model.embed_tokens.weight
         self.lm_head.weight = relayout(self.lm_head.weight)
         if tied:
             self.model.embed_tokens.weight = self.lm_head.weight
-        # What _decode_one reads, gathered once: per layer the norms' (weight, eps, module) and
-        # the (in, out) matrices with their biases. (Call this method again after replacing
-        # parameters; load_state_dict copies into these tensors and keeps them valid.)
+        # (Call this method again after replacing parameters; load_state_dict copies into
+        # these tensors and keeps them valid.)
         a0 = self.model.layers[0].self_attn
         self._heads = (a0.n_heads, a0.n_kv, a0.head_dim)
         self._embed = self.model.embed_tokens.weight.data
         self._lm_head_t = self.lm_head.weight.data.t()
-        self._decode_layers = []
-        for layer in self.model.layers:
-            a, m, n1, n2 = layer.self_attn, layer.mlp, layer.input_layernorm, layer.post_attention_layernorm
-            self._decode_layers.append((
-                n1.weight.data, n1.eps, n1, a.qkv_weight.t(), a.qkv_bias, a.o_proj.weight.data.t(),
-                None if a.o_proj.bias is None else a.o_proj.bias.data,
-                n2.weight.data, n2.eps, n2, m.gate_up_weight.t(), m.gate_up_bias,
-                m.down_proj.weight.data.t(), None if m.down_proj.bias is None else m.down_proj.bias.data))
+        self._final_norm_weight = self.model.norm.weight.data
         self._fused = True
 
     def _decode_one(self, input_ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
@@ -477,9 +494,8 @@ class LlamaForCausalLM(nn.Module):
         H, K, Dh = self._heads
         cos, sin = cache.cos[pos], cache.sin_signed[pos]                         # (Dh,) each
         x = F.embedding(input_ids[:, 0], self._embed)                           # (B, D)
-        for i, (ln1, eps1, norm1, qkv_t, qkv_b, o_t, o_b, ln2, eps2, norm2, gu_t, gu_b, down_t, down_b) \
-                in enumerate(self._decode_layers):
-            qkv = _matmul(_rms_norm(x, ln1, eps1, norm1), qkv_t, qkv_b)            # (B, (H+2K)·Dh)
+        for i, layer in enumerate(self._decode_layers):
+            qkv = _matmul(rms_norm(x, layer.norm1, layer.norm1_weight), layer.qkv_t, layer.qkv_bias)  # (B, (H+2K)·Dh)
             qk = qkv[:, :(H + K) * Dh].view(B, H + K, Dh)                         # (B, H+K, Dh)
             qk = qk * cos + qk.roll(Dh // 2, dims=-1) * sin                       # RoPE, q and k
             k_cache, v_cache = cache.k[i], cache.v[i]                             # (B, K, L, Dh)
@@ -494,12 +510,12 @@ class LlamaForCausalLM(nn.Module):
             else:
                 out = F.scaled_dot_product_attention(
                     q, keys.repeat_interleave(H // K, dim=1), values.repeat_interleave(H // K, dim=1))
-            x = _matmul(out.reshape(B, H * Dh), o_t, o_b, x)                      # (B, D)
-            gate, up = _matmul(_rms_norm(x, ln2, eps2, norm2), gu_t, gu_b).chunk(2, dim=-1)  # (B, F) ×2
-            x = _matmul(F.silu(gate) * up, down_t, down_b, x)                     # (B, D)
+            x = _matmul(out.reshape(B, H * Dh), layer.o_t, layer.o_bias, x)              # (B, D)
+            gate, up = _matmul(rms_norm(x, layer.norm2, layer.norm2_weight), layer.gate_up_t,
+                               layer.gate_up_bias).chunk(2, dim=-1)                  # (B, F) ×2
+            x = _matmul(F.silu(gate) * up, layer.down_t, layer.down_bias, x)             # (B, D)
         cache.length = pos + 1
-        final = self.model.norm
-        logits = torch.mm(_rms_norm(x, final.weight, final.eps, final), self._lm_head_t)  # (B, V)
+        logits = torch.mm(rms_norm(x, self.model.norm, self._final_norm_weight), self._lm_head_t)  # (B, V)
         return logits.unsqueeze(1)                                                # (B, 1, V)
 
     def num_parameters(self) -> int:

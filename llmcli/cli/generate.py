@@ -244,8 +244,6 @@ class _TokenView:
 
 def _silence_stdout() -> None:
     """Point stdout at /dev/null so that the flush at exit cannot fail on a closed pipe."""
-    import os
-
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
