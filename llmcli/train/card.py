@@ -82,8 +82,9 @@ capitals on their own line, verse-like lines, mostly real words), not sense."""
                   "Gutenberg header/footer boilerplate is stripped if present.\n"
                   "- Licence: that of the source texts (not recorded by llmcli).")
         download = script = ""
-    machine = (f"on the development machine, a 2-core AMD EPYC VM, {s['threads']} torch threads"
-               if shakespeare else f"{s['threads']} torch threads")
+    where = record.get("machine") or {}
+    machine = f"{s['threads']} torch threads" + (
+        f" on {where['cpus']} CPUs, {where['cpu']}" if where.get("cpus") and where.get("cpu") else "")
     speakers = ", speaker-name lines in capitals (`Ber.` → `BER.`)" if upper else ""
     text = f"""# {name}
 

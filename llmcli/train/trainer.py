@@ -296,10 +296,27 @@ def train(train_docs: list[Document], valid_docs: list[Document], out_dir: Path,
     log(f"held-out: {bpc:.4f} bits/char, {nats / ntok:.4f} nats/token "
         f"(perplexity {math.exp(nats / ntok):.2f}) over {chars:,} chars")
     record = {"settings": asdict(s), "result": asdict(result), "command": command, "data": data_info or {},
+              "machine": machine_info(),
               "train_works": [d.name for d in train_docs], "valid_works": [d.name for d in valid_docs]}
     save_model(model, config, out_dir, tokenizer_model=tok_path,
                extra_files={"training.json": json.dumps(record, indent=2) + "\n"})
     return result
+
+
+def machine_info() -> dict:
+    """``{"cpu": model name, "cpus": logical CPU count}`` of this machine, for the model card."""
+    import os
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cpus": os.cpu_count()}
 
 
 def _init_weights(model, config) -> None:
