@@ -37,6 +37,27 @@ from llmcli.config import LlamaConfig
 _SDPA_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
 
 
+# ----------------------------------------------------------------------------- dropout
+def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Inverted dropout (Srivastava et al. 2014) of ``x`` (any shape) with drop probability
+    ``p`` rounded to a multiple of 1/256; used by training only.
+
+    Same result in distribution as ``F.dropout``, about 4x cheaper on CPU: the mask comes from
+    one 64-bit random draw per 8 elements (``random_`` over the full int64 range, read as 8
+    uniform bytes) instead of one ``bernoulli_`` draw per element, which took 13% of a
+    training step (measured, 8×512 tokens, bf16 autocast). On other devices, ``F.dropout``.
+    """
+    if p <= 0.0:
+        return x
+    if x.device.type != "cpu":
+        return F.dropout(x, p)
+    cut = round(p * 256)                        # drop when the random byte < cut
+    n = x.numel()
+    bits = torch.empty((n + 7) // 8, dtype=torch.int64).random_(-2**63, None)
+    keep = bits.view(torch.uint8)[:n].view(x.shape) >= cut                  # same shape as x
+    return x * keep.to(x.dtype).mul_(256 / (256 - cut))
+
+
 # ----------------------------------------------------------------------------- RoPE
 def rope_inv_freq(config: LlamaConfig) -> torch.Tensor:
     """Inverse frequencies θ_i = rope_theta^(-2i/Dh), shape ``(Dh/2,)``, float32.
@@ -326,11 +347,11 @@ class LlamaDecoderLayer(nn.Module):
                 cache: KVCache | None, start_pos: int, capture: Capture | None) -> torch.Tensor:
         a = self.self_attn(rms_norm(x, self.input_layernorm), cos, sin, self.index, cache, start_pos, capture)
         if self.training and self.dropout:
-            a = F.dropout(a, self.dropout)
+            a = dropout(a, self.dropout)
         h = x + a                                                                  # (B, T, D)
         m = self.mlp(rms_norm(h, self.post_attention_layernorm))
         if self.training and self.dropout:
-            m = F.dropout(m, self.dropout)
+            m = dropout(m, self.dropout)
         return h + m                                                               # (B, T, D)
 
 
@@ -395,7 +416,7 @@ class LlamaForCausalLM(nn.Module):
             return self._decode_one(input_ids, cache)
         x = self.model.embed_tokens(input_ids)                                   # (B, T, D)
         if embed_dropout and self.training:
-            x = F.dropout(x, embed_dropout)
+            x = dropout(x, embed_dropout)
         if cache is not None and cache.cos is not None:
             cos, sin = cache.cos[start:start + T], cache.sin[start:start + T]    # (T, Dh) each
         else:

@@ -233,3 +233,32 @@ def test_space_after_newline_tokenizer(tmp_path):
                    for _ in range(rng.randint(1, 30))]
             stream = tok.stream()
             assert "".join(stream.push(i) for i in ids) + stream.flush() == tok.decode(ids)
+
+
+def test_dropout_drops_the_right_fraction_and_rescales():
+    """llmcli.model.dropout (the byte-mask dropout used in training) against its definition:
+    about p of the elements zeroed, the rest scaled by 1/(1-p), mean preserved, gradient = mask
+    × scale, reproducible under a seed, identity at p=0."""
+    import torch
+
+    from llmcli.model import dropout
+
+    for p in (0.1, 0.2, 0.5):
+        x = torch.ones(400_000, requires_grad=True)
+        y = dropout(x, p)
+        dropped = (y == 0).float().mean().item()
+        assert abs(dropped - p) < 0.01, (p, dropped)
+        kept = y[y != 0]
+        assert torch.allclose(kept, torch.full_like(kept, 1 / (1 - round(p * 256) / 256)))
+        assert abs(y.mean().item() - 1.0) < 0.01
+        y.sum().backward()
+        assert torch.equal(x.grad, y.detach())  # d(sum)/dx = mask × scale = y for x = 1
+    for shape in ((3, 5, 7), (1,), (2, 9)):  # sizes not a multiple of 8
+        assert dropout(torch.ones(shape), 0.3).shape == shape
+    torch.manual_seed(5)
+    a = dropout(torch.ones(1000), 0.3)
+    torch.manual_seed(5)
+    assert torch.equal(a, dropout(torch.ones(1000), 0.3))
+    x = torch.randn(10, dtype=torch.bfloat16)
+    assert dropout(x, 0.0) is x
+    assert dropout(x, 0.2).dtype == torch.bfloat16
