@@ -147,8 +147,10 @@ patience {s["patience"]} evaluations).
 {download}{record["command"].replace("/work/corpus/", "corpus/")}
 ```
 
-{script}Results vary slightly with the machine's speed
-only through the time budget (`--max-minutes`); the step count and seeds are fixed.
+{script}The seeds are fixed; the machine's speed still
+matters through the time budget (`--max-minutes`): when the budget ends the run before
+`--max-steps`, a slower machine fits fewer steps (the learning-rate schedule follows the budget),
+and bfloat16 autocast is only fast on CPUs with AVX512-BF16 or AMX.
 
 ## Samples
 
