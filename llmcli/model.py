@@ -42,10 +42,11 @@ def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
     """Inverted dropout (Srivastava et al. 2014) of ``x`` (any shape) with drop probability
     ``p`` rounded to a multiple of 1/256; used by training only.
 
-    Same result in distribution as ``F.dropout``, about 4x cheaper on CPU: the mask comes from
-    one 64-bit random draw per 8 elements (``random_`` over the full int64 range, read as 8
-    uniform bytes) instead of one ``bernoulli_`` draw per element, which took 13% of a
-    training step (measured, 8×512 tokens, bf16 autocast). On other devices, ``F.dropout``.
+    Same result in distribution as ``F.dropout``, about 5x cheaper on CPU (measured: 6.7 → 1.3
+    ms forward+backward on a (8, 512, 256) bf16 tensor, 2 threads): the mask comes from one
+    64-bit random draw per 8 elements (``random_`` over the full int64 range, read as 8 uniform
+    bytes) instead of one ``bernoulli_`` draw per element, which took 11% of a training step
+    (profile, 8×512 tokens, bf16 autocast). On other devices, ``F.dropout``.
     """
     if p <= 0.0:
         return x
