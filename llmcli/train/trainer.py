@@ -158,7 +158,8 @@ def train(train_docs: list[Document], valid_docs: list[Document], out_dir: Path,
     """Train tokenizer and model; write the best model to ``out_dir`` (HF layout).
 
     ``data_info`` (sources, include pattern, preparation flags) is recorded in
-    ``training.json`` for the model card. ``on_progress`` receives ``{"step", "max_steps", "loss", "lr"}`` each step, and ``log``
+    ``training.json`` for the model card. ``on_progress`` receives
+    ``{"step", "max_steps", "loss", "lr"}`` each step, and ``log``
     one line per evaluation. Returns the run's :class:`TrainResult`.
     """
     import copy
