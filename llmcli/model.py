@@ -59,6 +59,36 @@ def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
     return x * keep.to(x.dtype).mul_(256 / (256 - cut))
 
 
+# ----------------------------------------------------------------------------- training attention
+#: Whether training under CPU bfloat16 autocast uses :func:`causal_attention_bf16` instead of
+#: ``scaled_dot_product_attention`` (set False to compare the two).
+TRAIN_BF16_EAGER_ATTENTION = True
+
+
+def _bf16_cpu_autocast(x: torch.Tensor) -> bool:
+    """True for a CPU tensor under bfloat16 autocast (``llmcli train --precision bfloat16``)."""
+    return (TRAIN_BF16_EAGER_ATTENTION and x.device.type == "cpu"
+            and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+
+
+def causal_attention_bf16(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``softmax(q·kᵀ/√Dh + causal mask)·v`` in bfloat16: q, k, v (B, H, T, Dh) → (B, H, T, Dh).
+
+    Used by training on CPU under bfloat16 autocast only, because there it is faster than
+    ``scaled_dot_product_attention``'s CPU flash-attention kernel: forward+backward of one
+    layer (B=8, H=4, T=512, Dh=64, 2 threads) takes 26 ms instead of 38 ms, and a whole
+    training step of the default model 0.448 s instead of 0.518 s (A/B in one process). Its
+    gradients are as close to float32 as the kernel's (relative error of all parameter
+    gradients on bundled-model weights and Macbeth text: 0.0077 vs 0.0070). The (T, T) scores
+    it materialises are what the kernel avoids; at T=512 they are 2 MB per head and batch row.
+    """
+    q, k, v = q.to(torch.bfloat16), k.to(torch.bfloat16), v.to(torch.bfloat16)
+    T = q.shape[2]
+    scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))          # (B, H, T, T)
+    future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(diagonal=1)
+    return scores.masked_fill(future, float("-inf")).softmax(dim=-1) @ v         # (B, H, T, Dh)
+
+
 # ----------------------------------------------------------------------------- RoPE
 def rope_inv_freq(config: LlamaConfig) -> torch.Tensor:
     """Inverse frequencies θ_i = rope_theta^(-2i/Dh), shape ``(Dh/2,)``, float32.
@@ -285,6 +315,8 @@ class LlamaAttention(nn.Module):
                 v = v.repeat_interleave(self.n_heads // self.n_kv, dim=1)
         if eager:
             out = self._eager(q, k, v, S - T, capture)
+        elif self.training and S == T and not self.dropout and not gqa and _bf16_cpu_autocast(x):
+            out = causal_attention_bf16(q, k, v)                                     # (B, H, T, Dh)
         elif T == 1:  # one new token sees every cached position: no mask needed
             out = F.scaled_dot_product_attention(q, k, v, **gqa)
         elif S == T:  # prefill from position 0: plain causal mask

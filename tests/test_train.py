@@ -262,3 +262,67 @@ def test_dropout_drops_the_right_fraction_and_rescales():
     x = torch.randn(10, dtype=torch.bfloat16)
     assert dropout(x, 0.0) is x
     assert dropout(x, 0.2).dtype == torch.bfloat16
+
+
+def test_bf16_training_attention_matches_float32_and_is_causal():
+    """llmcli.model.causal_attention_bf16 (training's attention under CPU bf16 autocast)
+    against float32 scaled_dot_product_attention: equal within bfloat16 rounding, and
+    changing the last key/value leaves every earlier position's output unchanged."""
+    from llmcli.model import causal_attention_bf16
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 40, 16) for _ in range(3))   # (B, H, T, Dh)
+    ref = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    out = causal_attention_bf16(q, k, v)
+    assert out.dtype == torch.bfloat16 and out.shape == ref.shape
+    assert (out.float() - ref).abs().max().item() < 0.03      # no scale or no mask: errors ≥ 0.3
+    k2, v2 = k.clone(), v.clone()
+    k2[:, :, -1] += 5.0
+    v2[:, :, -1] += 5.0
+    out2 = causal_attention_bf16(q, k2, v2)
+    assert torch.equal(out2[:, :, :-1], out[:, :, :-1])
+    assert not torch.equal(out2[:, :, -1], out[:, :, -1])
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_bf16_training_step_uses_eager_attention_with_the_kernels_gradients(monkeypatch, kv_heads):
+    """A training forward+backward under CPU bf16 autocast goes through causal_attention_bf16
+    (multi-head attention only; GQA, eval mode and float32 keep scaled_dot_product_attention),
+    and its loss and gradients agree with the scaled_dot_product_attention run."""
+    import llmcli.model as M
+    from llmcli.config import LlamaConfig
+
+    calls = []
+    real = M.causal_attention_bf16
+    monkeypatch.setattr(M, "causal_attention_bf16", lambda q, k, v: calls.append(1) or real(q, k, v))
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=kv_heads,
+                         max_position_embeddings=64, tie_word_embeddings=True)
+    model = M.LlamaForCausalLM(config)
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    x = torch.randint(0, 64, (2, 48))
+    y = torch.randint(0, 64, (2, 48))
+
+    def loss_and_grads(eager: bool, train: bool = True, bf16: bool = True):
+        monkeypatch.setattr(M, "TRAIN_BF16_EAGER_ATTENTION", eager)
+        model.train(train)
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        loss.backward()
+        return loss.item(), torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    calls.clear()
+    loss_k, grad_k = loss_and_grads(eager=False)
+    assert not calls
+    loss_e, grad_e = loss_and_grads(eager=True)
+    assert len(calls) == (2 if kv_heads == 4 else 0)           # once per layer, MHA only
+    assert abs(loss_e - loss_k) < 0.01 * loss_k
+    assert ((grad_e - grad_k).norm() / grad_k.norm()).item() < 0.03
+    calls.clear()
+    loss_and_grads(eager=True, train=False)
+    loss_and_grads(eager=True, bf16=False)
+    assert not calls
