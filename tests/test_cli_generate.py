@@ -103,6 +103,22 @@ def test_help_exits_0_with_examples(tmp_path):
     assert "newline" in text  # how an argument and stdin are joined
 
 
+def test_help_prose_wraps_to_the_terminal_not_to_the_source(tmp_path):
+    """Typer's rich help keeps every newline of a docstring: prose paragraphs are joined
+    (reflow_help), so an 80-column terminal shows no ragged lines; examples keep their lines."""
+    from llmcli.cli.app import reflow_help
+
+    doc = "Summary.\n\nOne sentence\nsplit in the source.\n\nExamples:\n\n    llmcli a\n    llmcli b"
+    assert reflow_help(doc) == ("Summary.\n\nOne sentence split in the source.\n\nExamples:\n\n"
+                                "    llmcli a\n    llmcli b")
+    proc = llmcli("topk", "--help", cwd=tmp_path, env=env_for(COLUMNS="80"))
+    assert proc.returncode == 0, proc.stderr
+    lines = [line.strip() for line in proc.stdout.splitlines()]
+    # the docstring breaks its line after "-k only sets how"; at 80 columns it must flow on
+    assert not any(line.endswith("only sets how") for line in lines), proc.stdout
+    assert 'llmcli topk "ROMEO:" -k 8' in lines
+
+
 def test_help_with_an_ascii_stdout(tmp_path):
     proc = llmcli("generate", "--help", cwd=tmp_path, env=env_for(PYTHONIOENCODING="ascii"))
     assert proc.returncode == 0, proc.stderr

@@ -6,6 +6,7 @@ generation, inspection) → render (rich or JSON).
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from typing import Annotated, Optional
@@ -59,6 +60,23 @@ def _register() -> None:
                 raise
             continue
         module.register(app)
+    for command in app.registered_commands:
+        if command.help is None and command.callback is not None:
+            command.help = reflow_help(inspect.getdoc(command.callback) or "")
+
+
+def reflow_help(doc: str) -> str:
+    """A command docstring made ready for Typer's "rich" help, which keeps every newline:
+    the lines of each prose paragraph are joined (so the help wraps to the terminal's width,
+    not to the source's), while indented lines (examples) keep their own lines."""
+    paragraphs = []
+    for paragraph in doc.split("\n\n"):
+        lines = paragraph.split("\n")
+        if any(line.startswith("    ") for line in lines):
+            paragraphs.append(paragraph)
+        else:
+            paragraphs.append(" ".join(line.strip() for line in lines))
+    return "\n\n".join(paragraphs)
 
 
 _register()
