@@ -349,6 +349,39 @@ def test_bad_option_values_are_usage_errors(tmp_path, tiny_dir, args, option):
     assert_one_line_error(proc, EXIT_USAGE, option)
 
 
+@pytest.mark.parametrize("args, needle", [
+    (["generate", "hi", "-n", "abc"], "--max-tokens"),       # not an integer (click's check)
+    (["generate", "hi", "--bogus"], "--bogus"),              # unknown option
+    (["bogus"], "bogus"),                                     # unknown command
+    (["convert"], "src"),                                     # missing argument
+    (["generate", "hi", "--stop"], "--stop"),                # option without its value
+])
+def test_click_usage_errors_are_one_line(tmp_path, args, needle):
+    """Errors found by click's parser, before llmcli's code runs, are one line too (Typer
+    would print a boxed panel), exit code 2."""
+    assert_one_line_error(llmcli(*args, cwd=tmp_path), EXIT_USAGE, needle)
+
+
+def test_not_a_model_directory_says_why(tmp_path):
+    """A folder holding a llama2.c/GGUF file instead of the HF layout, a file given as -m, and a
+    bad $LLMCLI_MODEL: one line that says what is wrong and where the path came from."""
+    folder = tmp_path / "llama2c"
+    folder.mkdir()
+    (folder / "stories.bin").write_bytes(b"\0" * 64)
+    for command in (["generate", "hi"], ["tokenize", "hi"], ["info"]):
+        proc = llmcli(command[0], "-m", str(folder), *command[1:], cwd=tmp_path)
+        assert_one_line_error(proc, EXIT_ERROR, "no config.json", "stories.bin", "llmcli convert")
+        proc = llmcli(command[0], "-m", str(folder / "stories.bin"), *command[1:], cwd=tmp_path)
+        assert_one_line_error(proc, EXIT_ERROR, "is a file", "llmcli convert")
+    proc = llmcli("generate", "hi", cwd=tmp_path, env=env_for(LLMCLI_MODEL=str(tmp_path / "nope")))
+    assert_one_line_error(proc, EXIT_ERROR, "$LLMCLI_MODEL", "no such model directory")
+
+
+def test_no_arguments_prints_the_help(tmp_path):
+    proc = llmcli(cwd=tmp_path)
+    assert proc.returncode == EXIT_USAGE and "generate" in proc.stdout and proc.stderr == ""
+
+
 def test_empty_prompt_with_no_bos(tmp_path, tiny_dir):
     assert_one_line_error(llmcli("generate", "-m", str(tiny_dir), "", "--no-bos", cwd=tmp_path),
                           EXIT_USAGE, "--no-bos")

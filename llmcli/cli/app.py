@@ -12,6 +12,7 @@ import sys
 from typing import Annotated, Optional
 
 import typer
+import typer.core
 
 from llmcli import __version__
 from llmcli.errors import LLMCLIError
@@ -29,6 +30,9 @@ app = typer.Typer(
 )
 
 _state = {"debug": False}
+
+#: The click Typer runs on: recent Typer versions vendor it as ``typer._click``.
+_click = getattr(typer.core, "_click", None) or typer.core.click
 
 
 def _version(value: bool) -> None:
@@ -94,7 +98,20 @@ def main() -> None:
         args = ["--debug"] + [a for i, a in enumerate(args) if i >= end or a != "--debug"]
     make_stdout_safe()  # unencodable characters become '?' (PYTHONIOENCODING=ascii)
     try:
-        app(args=args, prog_name="llmcli")
+        # standalone_mode=False: click's usage errors come here (one line) instead of being
+        # printed by Typer as a boxed panel; typer.Exit(code) comes back as the return value.
+        code = app(args=args, prog_name="llmcli", standalone_mode=False)
+    except _click.exceptions.UsageError as exc:
+        if type(exc).__name__ != "NoArgsIsHelpError":  # that one has printed the help already
+            where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+            _stderr_line(f"error: {' '.join(exc.format_message().split())}{where}")
+        sys.exit(exc.exit_code)
+    except _click.exceptions.ClickException as exc:
+        _stderr_line(f"error: {' '.join(exc.format_message().split())}")
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        _stderr_line("aborted")
+        sys.exit(1)
     except LLMCLIError as exc:
         if debug:
             raise
@@ -110,6 +127,7 @@ def main() -> None:
             raise
         _stderr_line(f"error: {type(exc).__name__}: {exc} (run `llmcli --debug ...` for a traceback)")
         sys.exit(1)
+    sys.exit(code if isinstance(code, int) and not isinstance(code, bool) else 0)
 
 
 def _stderr_line(text: str) -> None:

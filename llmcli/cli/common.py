@@ -23,15 +23,34 @@ ThreadsOpt = Annotated[Optional[int], typer.Option(
 
 
 def resolve_model_dir(model: Path | None) -> Path:
-    """``-m`` if given, else ``$LLMCLI_MODEL``, else the bundled default model."""
+    """``-m`` if given, else ``$LLMCLI_MODEL``, else the bundled default model.
+
+    Raises:
+        LLMCLIError: the path given does not exist, is a file, or is a directory with neither
+            ``config.json`` nor ``tokenizer.model`` (the message says where the path came from,
+            and suggests ``llmcli convert`` for a llama2.c ``.bin`` or a GGUF file).
+    """
     from llmcli.paths import default_model_dir
 
     if model is not None:
-        return model
-    env = os.environ.get("LLMCLI_MODEL")
-    if env:
-        return Path(env)
-    return default_model_dir()
+        path, origin = Path(model), ""
+    elif os.environ.get("LLMCLI_MODEL"):
+        path, origin = Path(os.environ["LLMCLI_MODEL"]), " (from $LLMCLI_MODEL)"
+    else:
+        return default_model_dir()
+    candidates = [path] if path.is_file() else sorted(path.glob("*")) if path.is_dir() else []
+    convertible = [p.name for p in candidates if p.suffix in (".bin", ".gguf")]
+    hint = (f"; {', '.join(convertible[:3])} can be converted to one with `llmcli convert` "
+            "(see `llmcli convert --help`)" if convertible else "")
+    if path.is_file():
+        raise LLMCLIError(f"{path}{origin}: is a file; give the model directory (Hugging Face layout: "
+                          f"config.json, model.safetensors, tokenizer.model){hint}")
+    if not path.is_dir():
+        raise LLMCLIError(f"{path}{origin}: no such model directory")
+    if not (path / "config.json").is_file() and not (path / "tokenizer.model").is_file():
+        raise LLMCLIError(f"{path}{origin}: not a model directory in the Hugging Face layout "
+                          f"(no config.json, no tokenizer.model){hint}")
+    return path
 
 
 def read_prompt(prompt: str | None, allow_empty: bool = False) -> str:
