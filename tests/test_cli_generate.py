@@ -119,6 +119,14 @@ def test_help_prose_wraps_to_the_terminal_not_to_the_source(tmp_path):
     assert 'llmcli topk "ROMEO:" -k 8' in lines
 
 
+@pytest.mark.parametrize("command", [[], ["generate"], ["tokenize"], ["topk"], ["train"]])
+def test_help_shows_no_value_placeholder_for_flags(tmp_path, command):
+    proc = llmcli(*command, "--help", cwd=tmp_path, env=env_for(COLUMNS="120"))
+    assert proc.returncode == 0, proc.stderr
+    assert "<bool>" not in proc.stdout, proc.stdout
+    assert "--help" in proc.stdout
+
+
 def test_help_with_an_ascii_stdout(tmp_path):
     proc = llmcli("generate", "--help", cwd=tmp_path, env=env_for(PYTHONIOENCODING="ascii"))
     assert proc.returncode == 0, proc.stderr

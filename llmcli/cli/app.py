@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 import typer.core
+import typer.main
 
 from llmcli import __version__
 from llmcli.errors import LLMCLIError
@@ -86,6 +87,30 @@ def reflow_help(doc: str) -> str:
 _register()
 
 
+def command():
+    """The click command Typer builds from ``app``, with one fix to its help: on/off flags
+    (``--stats``, ``--json``, ``--help``, ...) show no ``<bool>`` value placeholder, since
+    they take no value."""
+    root = typer.main.get_command(app)
+
+    def unlabel_flags(cmd, name: str) -> None:
+        for param in cmd.params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+        try:  # the --help option is made on first use; make it now, in a bare context
+            ctx = _click.Context(cmd, info_name=name, help_option_names=["-h", "--help"])
+            help_option = cmd.get_help_option(ctx)
+            if help_option is not None and help_option.metavar is None:
+                help_option.metavar = ""
+        except Exception:  # a Typer/click version without these hooks: keep its own help
+            pass
+        for sub_name, sub in getattr(cmd, "commands", {}).items():
+            unlabel_flags(sub, sub_name)
+
+    unlabel_flags(root, "llmcli")
+    return root
+
+
 def main() -> None:
     """Console-script entry point: run the app, mapping errors to one-line messages.
 
@@ -100,7 +125,7 @@ def main() -> None:
     try:
         # standalone_mode=False: click's usage errors come here (one line) instead of being
         # printed by Typer as a boxed panel; typer.Exit(code) comes back as the return value.
-        code = app(args=args, prog_name="llmcli", standalone_mode=False)
+        code = command().main(args=args, prog_name="llmcli", standalone_mode=False)
     except _click.exceptions.UsageError as exc:
         if type(exc).__name__ != "NoArgsIsHelpError":  # that one has printed the help already
             where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
