@@ -51,22 +51,43 @@ def weight_files(model_dir: Path) -> list[Path]:
     raise LLMCLIError(f"{model_dir}: no model.safetensors or model.safetensors.index.json")
 
 
-def _check_safetensors_file(path: Path) -> None:
-    """Reject Git LFS pointers and files that are not safetensors, with a clear message."""
+def read_safetensors_header(path: Path) -> dict:
+    """The JSON header of a safetensors file: ``{name: {"dtype", "shape", "data_offsets"}}``
+    (``__metadata__`` removed). Reads only the header, so it is cheap and needs no torch.
+
+    Raises:
+        LLMCLIError: a Git LFS pointer, not a safetensors file, a corrupt header, or a file
+            shorter than its header says (truncated), each with the path and the sizes.
+    """
     size = path.stat().st_size
     with path.open("rb") as fh:
         head = fh.read(64)
-    if head.startswith(_LFS_MAGIC):
-        raise LLMCLIError(f"{path}: is a Git LFS pointer, not the weights "
-                          "(run `git lfs pull` in the model's repository)")
-    if size < 8:
-        raise LLMCLIError(f"{path}: truncated ({size} bytes), not a safetensors file")
-    header_len = int.from_bytes(head[:8], "little")
-    if not 0 < header_len <= _MAX_HEADER_BYTES or head[8:9] != b"{":
-        raise LLMCLIError(f"{path}: not a safetensors file (bad header)")
-    if 8 + header_len > size:
-        raise LLMCLIError(f"{path}: truncated ({size} bytes; its header alone needs "
-                          f"{8 + header_len}), not a whole safetensors file")
+        if head.startswith(_LFS_MAGIC):
+            raise LLMCLIError(f"{path}: is a Git LFS pointer, not the weights "
+                              "(run `git lfs pull` in the model's repository)")
+        if size < 8:
+            raise LLMCLIError(f"{path}: truncated ({size} bytes), not a safetensors file")
+        n = int.from_bytes(head[:8], "little")
+        if not 0 < n <= _MAX_HEADER_BYTES or head[8:9] != b"{":
+            raise LLMCLIError(f"{path}: not a safetensors file (bad header)")
+        if 8 + n > size:
+            raise LLMCLIError(f"{path}: truncated ({size} bytes; its header alone needs {8 + n})")
+        fh.seek(8)
+        raw = fh.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise LLMCLIError(f"{path}: corrupt safetensors header ({exc})") from None
+    if not isinstance(header, dict):
+        raise LLMCLIError(f"{path}: corrupt safetensors header (not a JSON object)")
+    header.pop("__metadata__", None)
+    try:
+        data_end = max((int(meta["data_offsets"][1]) for meta in header.values()), default=0)
+    except (KeyError, TypeError, ValueError, IndexError):
+        raise LLMCLIError(f"{path}: corrupt safetensors header (bad data_offsets)") from None
+    if 8 + n + data_end > size:
+        raise LLMCLIError(f"{path}: truncated ({size} bytes; its header describes {8 + n + data_end})")
+    return header
 
 
 def read_tensors(files: list[Path]) -> dict[str, Any]:
@@ -79,7 +100,7 @@ def read_tensors(files: list[Path]) -> dict[str, Any]:
 
     tensors: dict[str, Any] = {}
     for path in files:
-        _check_safetensors_file(path)
+        read_safetensors_header(path)  # clear messages for LFS pointers, truncation, ...
         try:
             with safe_open(str(path), framework="pt") as fh:
                 for name in fh.keys():

@@ -145,7 +145,8 @@ def test_truncated_safetensors(model_dir):
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     message = load_error(model_dir)
-    assert "model.safetensors" in message and "truncated" in message
+    # the same figures `llmcli info` gives: the size found and the size the header describes
+    assert f"model.safetensors: truncated ({len(data) // 2} bytes; its header describes {len(data)})" in message
 
 
 @pytest.mark.parametrize("size", [0, 5, 40])

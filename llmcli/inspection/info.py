@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmcli.errors import LLMCLIError
+from llmcli.weights import read_safetensors_header
 
 #: safetensors dtype names → torch-style names (for display).
 _DTYPE_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
@@ -63,38 +64,6 @@ class ModelInfo:
                 "context_length": self.context_length, "parameters": self.parameters,
                 "tensors": [t.to_dict() for t in self.tensors], "weights_bytes": self.weights_bytes,
                 "files": self.files, "tokenizer": self.tokenizer, "notes": self.notes}
-
-
-def read_safetensors_header(path: Path) -> dict:
-    """The JSON header of a safetensors file: ``{name: {"dtype", "shape", "data_offsets"}}``.
-
-    Raises:
-        LLMCLIError: not a safetensors file (or a Git LFS pointer), a corrupt header, or a
-            file shorter than its header says (truncated).
-    """
-    size = path.stat().st_size
-    with path.open("rb") as fh:
-        head = fh.read(8)
-        n = int.from_bytes(head, "little") if len(head) == 8 else 0
-        if head.startswith(b"version "):
-            raise LLMCLIError(f"{path}: is a Git LFS pointer, not the weights (run `git lfs pull`)")
-        if n <= 0 or 8 + n > size:
-            raise LLMCLIError(f"{path}: not a safetensors file (bad header)")
-        raw = fh.read(n)
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise LLMCLIError(f"{path}: corrupt safetensors header ({exc})") from None
-    if not isinstance(header, dict):
-        raise LLMCLIError(f"{path}: corrupt safetensors header (not a JSON object)")
-    header.pop("__metadata__", None)
-    try:
-        data_end = max((int(meta["data_offsets"][1]) for meta in header.values()), default=0)
-    except (KeyError, TypeError, ValueError, IndexError):
-        raise LLMCLIError(f"{path}: corrupt safetensors header (bad data_offsets)") from None
-    if 8 + n + data_end > size:
-        raise LLMCLIError(f"{path}: truncated ({size} bytes; its header describes {8 + n + data_end})")
-    return header
 
 
 def model_info(model_dir: Path | str) -> ModelInfo:
