@@ -107,3 +107,15 @@ def test_ctrl_c_during_start_up_imports_exits_130_quietly(monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit_info:
         entry.main()
     assert exit_info.value.code == 130 and capsys.readouterr().err == "\n"
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+@pytest.mark.parametrize("args", [["tokenize", "ROMEO:"], ["generate", "ROMEO:", "-n", "30", "-s", "1"]])
+def test_a_full_disk_on_stdout_is_one_line(args):
+    """Writing to a full device (`> /dev/full`): the system's reason on one line, exit 1, no
+    exception class name and no traceback."""
+    with open("/dev/full", "wb") as full:
+        proc = subprocess.run([sys.executable, "-m", "llmcli", *args], stdout=full, stderr=subprocess.PIPE,
+                              stdin=subprocess.DEVNULL, env=dict(os.environ, OMP_NUM_THREADS="1"), cwd=ROOT)
+    line = one_line_error(proc, 1)
+    assert line == "error: No space left on device", line

@@ -147,6 +147,12 @@ def main() -> None:
         sys.exit(130)
     except BrokenPipeError:
         _quiet_broken_pipe()
+    except OSError as exc:  # the system refused a read or write: disk full, permissions, ...
+        if debug:
+            raise
+        where = f"{exc.filename}: " if exc.filename else "" if exc.strerror else f"{type(exc).__name__}: "
+        _stderr_line(f"error: {where}{exc.strerror or exc}")
+        sys.exit(1)
     except Exception as exc:  # unexpected: still one line unless --debug
         if debug:
             raise
