@@ -100,7 +100,6 @@ def read_tensors(files: list[Path]) -> dict[str, Any]:
 
     tensors: dict[str, Any] = {}
     for path in files:
-        read_safetensors_header(path)  # clear messages for LFS pointers, truncation, ...
         try:
             with safe_open(str(path), framework="pt") as fh:
                 for name in fh.keys():
@@ -108,8 +107,10 @@ def read_tensors(files: list[Path]) -> dict[str, Any]:
                         raise LLMCLIError(f"{path}: tensor {name} appears in more than one shard")
                     tensors[name] = fh.get_tensor(name)
         except SafetensorError as exc:
+            read_safetensors_header(path)  # names the problem (LFS pointer, truncation, ...)
             raise LLMCLIError(f"{path}: corrupt or truncated safetensors file ({exc})") from None
         except (OSError, ValueError, RuntimeError) as exc:
+            read_safetensors_header(path)
             raise LLMCLIError(f"{path}: cannot read safetensors file ({exc})") from None
     return tensors
 

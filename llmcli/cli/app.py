@@ -150,8 +150,8 @@ def main() -> None:
     except OSError as exc:  # the system refused a read or write: disk full, permissions, ...
         if debug:
             raise
-        where = f"{exc.filename}: " if exc.filename else "" if exc.strerror else f"{type(exc).__name__}: "
-        _stderr_line(f"error: {where}{exc.strerror or exc}")
+        reason = exc.strerror or f"{type(exc).__name__}: {exc}"
+        _stderr_line(f"error: {exc.filename}: {reason}" if exc.filename else f"error: {reason}")
         sys.exit(1)
     except Exception as exc:  # unexpected: still one line unless --debug
         if debug:

@@ -38,19 +38,22 @@ def resolve_model_dir(model: Path | None) -> Path:
         path, origin = Path(os.environ["LLMCLI_MODEL"]), " (from $LLMCLI_MODEL)"
     else:
         return default_model_dir()
-    candidates = [path] if path.is_file() else sorted(path.glob("*")) if path.is_dir() else []
-    convertible = [p.name for p in candidates if p.suffix in (".bin", ".gguf")]
-    hint = (f"; {', '.join(convertible[:3])} can be converted to one with `llmcli convert` "
-            "(see `llmcli convert --help`)" if convertible else "")
     if path.is_file():
         raise LLMCLIError(f"{path}{origin}: is a file; give the model directory (Hugging Face layout: "
-                          f"config.json, model.safetensors, tokenizer.model){hint}")
+                          f"config.json, model.safetensors, tokenizer.model){_convert_hint([path])}")
     if not path.is_dir():
         raise LLMCLIError(f"{path}{origin}: no such model directory")
     if not (path / "config.json").is_file() and not (path / "tokenizer.model").is_file():
         raise LLMCLIError(f"{path}{origin}: not a model directory in the Hugging Face layout "
-                          f"(no config.json, no tokenizer.model){hint}")
+                          f"(no config.json, no tokenizer.model){_convert_hint(sorted(path.glob('*')))}")
     return path
+
+
+def _convert_hint(files: list[Path]) -> str:
+    """A pointer to ``llmcli convert`` when ``files`` include llama2.c ``.bin`` or GGUF files."""
+    convertible = [p.name for p in files if p.suffix in (".bin", ".gguf")]
+    return (f"; {', '.join(convertible[:3])} can be converted to one with `llmcli convert` "
+            "(see `llmcli convert --help`)" if convertible else "")
 
 
 def read_prompt(prompt: str | None, allow_empty: bool = False) -> str:

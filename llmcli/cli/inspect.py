@@ -50,9 +50,7 @@ def _check_light_options(dtype: str, threads: int | None) -> None:
 def _tokenizer(model: Path | None):
     from llmcli.tokenizer import Tokenizer
 
-    model_dir = resolve_model_dir(model)
-    if not model_dir.is_dir():
-        raise LLMCLIError(f"{model_dir}: no such model directory")
+    model_dir = resolve_model_dir(model)   # raises for a missing or non-model directory
     return model_dir, Tokenizer(model_dir / "tokenizer.model")
 
 
