@@ -81,14 +81,15 @@ class Generation:
         self.params = params
         self.max_tokens = max_tokens
         self.stop = [s for s in stop if s]
-        self.eos_ids = set(eos_ids if eos_ids is not None else [tokenizer.eos_id])
+        self.eos_ids = set(eos_ids if eos_ids is not None else tokenizer.eos_ids)
         self.top_logprobs = top_logprobs
         self.want_logprobs = logprobs or top_logprobs > 0
         self.context = model.config.max_position_embeddings
         self.vocab = min(model.config.vocab_size, tokenizer.vocab_size)
         self.stats = GenerationStats(prompt_tokens=len(self.prompt_ids), seed=self.sampler.seed)
         if not self.prompt_ids:
-            raise LLMCLIError("the prompt is empty and no BOS token is added (--no-bos): nothing to continue")
+            raise LLMCLIError("the prompt is empty and no BOS token is added (--no-bos, or the "
+                              "tokenizer adds none): nothing to continue")
         if len(self.prompt_ids) > self.context:
             raise LLMCLIError(f"the prompt is {len(self.prompt_ids)} tokens, longer than the model's "
                               f"context of {self.context} tokens (max_position_embeddings)")

@@ -12,12 +12,17 @@ import json
 import math
 import sys
 import unicodedata
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 #: Shading characters for heat maps and bars, lightest first.
 SHADES = " ░▒▓█"
 _EIGHTHS = " ▏▎▍▌▋▊▉█"
-_KIND_STYLE = {"normal": "", "control": "magenta", "byte": "yellow", "unknown": "bold red"}
+_KIND_STYLE = {"normal": "", "control": "magenta", "special": "magenta", "byte": "yellow",
+               "unknown": "bold red"}
+#: Characters that pieces use for a space: sentencepiece's ``▁``, byte-level BPE's ``Ġ``
+#: (shown dimmed; only a style, the piece is printed as stored).
+_SPACE_MARKS = "\u2581\u0120"
 HEATMAP_MAX = 40  # most positions drawn on each axis of an attention heat map
 
 
@@ -183,14 +188,12 @@ def fmt(x: float, digits: int = 4) -> str:
 
 
 def _piece_text(piece: str, kind: str = "normal"):
-    """A rich Text of a piece: ``▁`` dimmed, coloured by kind."""
+    """A rich Text of a piece: the space marks ``▁``/``Ġ`` dimmed, coloured by kind."""
     from rich.text import Text
 
     text = Text(style=_KIND_STYLE.get(kind, ""))
-    for i, part in enumerate(visible(piece).split("\u2581")):
-        if i:
-            text.append("\u2581", style="dim")
-        text.append(part)
+    for ch in visible(piece):
+        text.append(ch, style="dim" if ch in _SPACE_MARKS else None)
     return text
 
 
@@ -483,8 +486,16 @@ def _info_sections(info) -> list[tuple[str, list[tuple[str, str]]]]:
     if info.tokenizer:
         t = info.tokenizer
         specials = ", ".join(f"{name} {v['piece']} = {v['id']}" for name, v in t["special"].items() if v)
-        tok = [("vocab size", str(t["vocab_size"])), ("special tokens", specials or "none"),
-               ("control tokens", ", ".join(f"{c['piece']} = {c['id']}" for c in t["control_tokens"]) or "none"),
+        controls = t["control_tokens"]
+        shown = ", ".join(f"{c['piece']} = {c['id']}" for c in controls[:8])
+        if len(controls) > 8:
+            shown += f", ... ({len(controls)} in all; --json lists them)"
+        kind = t.get("kind", "sentencepiece") + (f" ({t['model']})" if t.get("model") else "")
+        tok = [("kind", kind), ("file", Path(t["path"]).name), ("vocab size", str(t["vocab_size"])),
+               ("special tokens", specials or "none"),
+               ("adds BOS", "yes" if t.get("add_bos") else "no"),
+               ("EOS ids", " ".join(map(str, t.get("eos_ids", []))) or "none"),
+               ("control tokens" if kind == "sentencepiece" else "special tokens (all)", shown or "none"),
                ("pieces by kind", ", ".join(f"{k} {v}" for k, v in t["kinds"].items() if v)),
                ("byte fallback", "yes" if t["byte_fallback"] else "no")]
     else:

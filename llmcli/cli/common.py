@@ -27,7 +27,8 @@ def resolve_model_dir(model: Path | None) -> Path:
 
     Raises:
         LLMCLIError: the path given does not exist, is a file, or is a directory with neither
-            ``config.json`` nor ``tokenizer.model`` (the message says where the path came from,
+            ``config.json`` nor a tokenizer (``tokenizer.json``, ``tokenizer.model``) (the
+            message says where the path came from,
             and suggests ``llmcli convert`` for a llama2.c ``.bin`` or a GGUF file).
     """
     from llmcli.paths import default_model_dir
@@ -40,12 +41,14 @@ def resolve_model_dir(model: Path | None) -> Path:
         return default_model_dir()
     if path.is_file():
         raise LLMCLIError(f"{path}{origin}: is a file; give the model directory (Hugging Face layout: "
-                          f"config.json, model.safetensors, tokenizer.model){_convert_hint([path])}")
+                          f"config.json, model.safetensors, tokenizer.json or tokenizer.model)"
+                          f"{_convert_hint([path])}")
     if not path.is_dir():
         raise LLMCLIError(f"{path}{origin}: no such model directory")
-    if not (path / "config.json").is_file() and not (path / "tokenizer.model").is_file():
+    if not any((path / name).is_file() for name in ("config.json", "tokenizer.json", "tokenizer.model")):
         raise LLMCLIError(f"{path}{origin}: not a model directory in the Hugging Face layout "
-                          f"(no config.json, no tokenizer.model){_convert_hint(sorted(path.glob('*')))}")
+                          f"(no config.json, no tokenizer.json, no tokenizer.model)"
+                          f"{_convert_hint(sorted(path.glob('*')))}")
     return path
 
 

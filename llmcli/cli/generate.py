@@ -33,7 +33,12 @@ def generate_command(
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "cpu",
     threads: ThreadsOpt = None,
-    no_bos: Annotated[bool, typer.Option("--no-bos", help="Do not put the BOS token before the prompt.")] = False,
+    no_bos: Annotated[bool, typer.Option(
+        "--no-bos", help="Add no special tokens (no BOS) before the prompt; by default the "
+                         "tokenizer's own rule decides.")] = False,
+    special: Annotated[bool, typer.Option(
+        "--special", help="Parse special-token text in the prompt (<|im_start|>, <s>) as those "
+                          "tokens, like llama.cpp's --parse-special; by default it is text.")] = False,
     echo: Annotated[bool, typer.Option("--echo", help="Also print the prompt when stdout is not a terminal.")] = False,
     stats: Annotated[bool, typer.Option("--stats", help="Print timings to stderr.")] = False,
     top_logprobs: Annotated[int, typer.Option(
@@ -74,15 +79,20 @@ def generate_command(
     if top_logprobs < 0:
         raise UsageError(f"--top-logprobs: must be >= 0, got {top_logprobs}")
     run_generate(text, resolve_model_dir(model), params, max_tokens=max_tokens, stop=stop or [],
-                 dtype=dtype, device=device, threads=threads, add_bos=not no_bos, echo=echo,
+                 dtype=dtype, device=device, threads=threads,
+                 add_bos=False if no_bos else None, special=special, echo=echo,
                  show_stats=stats, top_logprobs=top_logprobs, show_tokens=show_tokens,
                  json_out=json_out)
 
 
 def run_generate(text: str, model_dir, params, max_tokens: int, stop: list[str], dtype: str,
-                 device: str, threads: int | None, add_bos: bool, echo: bool, show_stats: bool,
-                 top_logprobs: int = 0, show_tokens: bool = False, json_out: bool = False) -> None:
+                 device: str, threads: int | None, add_bos: bool | None, echo: bool, show_stats: bool,
+                 top_logprobs: int = 0, show_tokens: bool = False, json_out: bool = False,
+                 special: bool = False) -> None:
     """Load, generate and stream to stdout; notices and stats go to stderr.
+
+    ``add_bos``/``special``: as :meth:`llmcli.tokenizer.Tokenizer.encode` (``None`` = the
+    tokenizer's rule).
 
     ``top_logprobs``/``show_tokens``/``json_out``: see :class:`_TokenView` (inspection output).
     """
@@ -92,10 +102,10 @@ def run_generate(text: str, model_dir, params, max_tokens: int, stop: list[str],
     t0 = time.perf_counter()
     set_threads(threads)
     from llmcli.generation import STOP_CONTEXT, STOP_STRING, Generation
-    from llmcli.tokenizer import Tokenizer
+    from llmcli.tokenizer import load_tokenizer
     from llmcli.weights import load_model
 
-    tokenizer = Tokenizer(model_dir / "tokenizer.model") if model_dir.is_dir() else None
+    tokenizer = load_tokenizer(model_dir) if model_dir.is_dir() else None
     model, config = load_model(model_dir, dtype=dtype, device=device,
                                warn=lambda m: err.print(f"warning: {m}", markup=False))
     if tokenizer is None:  # pragma: no cover - load_model raised already
@@ -105,12 +115,12 @@ def run_generate(text: str, model_dir, params, max_tokens: int, stop: list[str],
         raise LLMCLIError(f"{tokenizer.path}: vocabulary of {tokenizer.vocab_size} pieces does not fit "
                           f"the model's vocab_size {config.vocab_size}")
     load_seconds = time.perf_counter() - t0
-    prompt_ids = tokenizer.encode(text, add_bos=add_bos)
+    prompt_ids = tokenizer.encode(text, add_bos=add_bos, special=special)
     if top_logprobs > config.vocab_size:
         raise UsageError(f"--top-logprobs: {top_logprobs} is more than the vocabulary ({config.vocab_size})")
     view = _TokenView(tokenizer, top_logprobs, show_tokens, json_out)
     gen = Generation(model, tokenizer, prompt_ids, params, max_tokens, stop=stop,
-                     eos_ids=config.eos_token_id or [tokenizer.eos_id],
+                     eos_ids=tokenizer.eos_ids,
                      top_logprobs=top_logprobs, logprobs=view.wants_logprobs)
 
     out = sys.stdout

@@ -20,7 +20,12 @@ from llmcli.errors import LLMCLIError, UsageError
 TextArg = Annotated[Optional[str], typer.Argument(
     help="Text to inspect; '-' or absent reads stdin (when piped).", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of a table.")]
-NoBosOpt = Annotated[bool, typer.Option("--no-bos", help="Do not put the BOS token before the text.")]
+NoBosOpt = Annotated[bool, typer.Option(
+    "--no-bos", help="Add no special tokens (no BOS) before the text; by default the tokenizer's "
+                     "own rule decides (a tokenizer.json may add none).")]
+SpecialOpt = Annotated[bool, typer.Option(
+    "--special", help="Parse special-token text such as <|im_end|> or <s> as those tokens (like "
+                      "llama.cpp's --parse-special); by default it is plain text.")]
 SaveOpt = Annotated[Optional[Path], typer.Option(
     "--save", help="Also write the full tensor to this .safetensors file (atomically).",
     show_default=False, metavar="FILE.safetensors")]
@@ -48,10 +53,10 @@ def _check_light_options(dtype: str, threads: int | None) -> None:
 
 
 def _tokenizer(model: Path | None):
-    from llmcli.tokenizer import Tokenizer
+    from llmcli.tokenizer import load_tokenizer
 
     model_dir = resolve_model_dir(model)   # raises for a missing or non-model directory
-    return model_dir, Tokenizer(model_dir / "tokenizer.model")
+    return model_dir, load_tokenizer(model_dir)
 
 
 def _context_length(model_dir: Path) -> int | None:
@@ -65,7 +70,7 @@ def _context_length(model_dir: Path) -> int | None:
 
 
 def _prepare(text_arg: str | None, model: Path | None, dtype: str, threads: int | None,
-             no_bos: bool) -> _Loaded:
+             no_bos: bool, special: bool = False) -> _Loaded:
     """Read the text, load tokenizer and config, encode and check the tokens fit (no weights yet)."""
     from llmcli.config import LlamaConfig
 
@@ -76,10 +81,10 @@ def _prepare(text_arg: str | None, model: Path | None, dtype: str, threads: int 
     if tokenizer.vocab_size > config.vocab_size:
         raise LLMCLIError(f"{tokenizer.path}: vocabulary of {tokenizer.vocab_size} pieces does not fit "
                           f"the model's vocab_size {config.vocab_size}")
-    ids = tokenizer.encode(text, add_bos=not no_bos)
+    ids = tokenizer.encode(text, add_bos=False if no_bos else None, special=special)
     if not ids:
         raise UsageError("TEXT: gives no tokens (empty text with --no-bos): nothing to run the model on"
-                         if no_bos else "TEXT: gives no tokens and the tokenizer has no BOS token")
+                         if no_bos else "TEXT: gives no tokens and the tokenizer adds no BOS token")
     context = config.max_position_embeddings
     if len(ids) > context:
         raise LLMCLIError(f"TEXT: {len(ids)} tokens is longer than the model's context of {context} "
@@ -135,16 +140,22 @@ def tokenize_command(
     ids: Annotated[bool, typer.Option("--ids", help="Print only the token ids, space-separated.")] = False,
     count: Annotated[bool, typer.Option("--count", help="Print only the number of tokens.")] = False,
     no_bos: NoBosOpt = False,
+    special: SpecialOpt = False,
     json_out: JsonOpt = False,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "cpu",
     threads: ThreadsOpt = None,
 ) -> None:
-    """Split TEXT into tokens: position, id, piece (▁ = space), exact bytes, kind.
+    """Split TEXT into tokens: position, id, piece, exact bytes, kind.
 
-    Also prints totals (tokens, characters, bytes) and checks that decode(encode(text)) == text,
-    explaining any difference (e.g. the normalizer collapsing spaces). Loads only
-    tokenizer.model (never torch).
+    The piece is as the vocabulary stores it: sentencepiece writes a space as ▁ and a byte as
+    <0x0A>; byte-level BPE (tokenizer.json of Llama 3, Qwen, SmolLM, GPT-2) writes a space as
+    Ġ, a newline as Ċ, and part of an emoji as ðŁ; the bytes column shows what it stands for.
+    Special-token text such as <|im_end|> stays text unless --special. Also prints totals
+    (tokens, characters, bytes) and checks that decode(encode(text)) == text, explaining any
+    difference (e.g. the normalizer collapsing spaces). Loads only the tokenizer
+    (tokenizer.json, else tokenizer.model; never torch), so a directory holding only
+    tokenizer files works.
 
     JSON (--json): {"tokens": [{"position", "id", "piece", "bytes", "hex", "kind"}], "count",
     "ids", "characters", "utf8_bytes", "context_length", "roundtrip": {"ok", "decoded",
@@ -158,6 +169,8 @@ def tokenize_command(
         llmcli tokenize --ids "Hello world" | llmcli detokenize
 
         cat play.txt | llmcli tokenize --count
+
+        llmcli tokenize -m smol --special "<|im_start|>user"
     """
     from llmcli.inspection.tokens import tokenize_text
 
@@ -166,7 +179,7 @@ def tokenize_command(
     _check_light_options(dtype, threads)
     source = read_prompt(text)
     model_dir, tokenizer = _tokenizer(model)
-    result = tokenize_text(tokenizer, source, add_bos=not no_bos)
+    result = tokenize_text(tokenizer, source, add_bos=False if no_bos else None, special=special)
     result.context_length = _context_length(model_dir)
     if ids:
         sys.stdout.write(" ".join(str(i) for i in result.ids) + "\n")
@@ -181,6 +194,9 @@ def detokenize_command(
         metavar="ID...", help="Token ids (also comma-separated); absent: read them from stdin.",
         show_default=False)] = None,
     model: ModelOpt = None,
+    special: Annotated[bool, typer.Option(
+        "--special", help="Print control and special tokens as their text (<s>, <|im_end|>) "
+                          "instead of nothing.")] = False,
     json_out: JsonOpt = False,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "cpu",
@@ -189,7 +205,8 @@ def detokenize_command(
     """Turn token ids back into text (the inverse of tokenize).
 
     Piped, prints exactly the text (no newline added), so `tokenize --ids | detokenize`
-    round-trips. Control tokens (BOS, EOS) decode to nothing.
+    round-trips. Control and special tokens (BOS, EOS, <|im_end|>) decode to nothing unless
+    --special, so `tokenize --special --ids | detokenize --special` round-trips too.
 
     JSON (--json): {"ids", "text", "count", "tokens": [{"position", "id", "piece", "bytes", "hex", "kind"}]}.
 
@@ -198,6 +215,8 @@ def detokenize_command(
         llmcli detokenize 1 450 4996 17354
 
         llmcli tokenize --ids "ROMEO:" | llmcli detokenize
+
+        llmcli detokenize -m smol --special 1 4093 198
     """
     from llmcli.cli.common import _stdin_is_tty
     from llmcli.inspection.tokens import detokenize_ids, parse_ids
@@ -210,7 +229,7 @@ def detokenize_command(
     if not parsed:
         raise UsageError("ID: no token ids given (pass them as arguments or on stdin)")
     _, tokenizer = _tokenizer(model)
-    _emit("detokenize", detokenize_ids(tokenizer, parsed), json_out)
+    _emit("detokenize", detokenize_ids(tokenizer, parsed, special=special), json_out)
 
 
 # ----------------------------------------------------------------------------- embeddings
@@ -226,6 +245,7 @@ def embeddings_command(
                             "(against the embedding matrix); 0 = off.", metavar="K")] = 0,
     save: SaveOpt = None,
     no_bos: NoBosOpt = False,
+    special: SpecialOpt = False,
     json_out: JsonOpt = False,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "cpu",
@@ -248,7 +268,7 @@ def embeddings_command(
     """
     from llmcli.inspection.tensors import check_writable
 
-    ctx = _prepare(text, model, dtype, threads, no_bos)
+    ctx = _prepare(text, model, dtype, threads, no_bos, special)
     n = ctx.config.num_hidden_layers
     if not 0 <= layer <= n:
         raise UsageError(f"--layer: {layer} is out of range [0, {n}] (0 = embedding output, "
@@ -281,6 +301,7 @@ def logits_command(
         "--all-positions", help="Show the logits after every position, not only the last.")] = False,
     save: SaveOpt = None,
     no_bos: NoBosOpt = False,
+    special: SpecialOpt = False,
     json_out: JsonOpt = False,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "cpu",
@@ -302,7 +323,7 @@ def logits_command(
     """
     from llmcli.inspection.tensors import check_writable
 
-    ctx = _prepare(text, model, dtype, threads, no_bos)
+    ctx = _prepare(text, model, dtype, threads, no_bos, special)
     check_range("--top", top, 1, ctx.config.vocab_size)
     if save is not None:
         check_writable(save)
@@ -334,6 +355,7 @@ def topk_command(
         "-s", "--seed", help="Sample each step's token (temperature, top-p, min-p applied) with this "
                              "seed; without it the arg-max is chosen (greedy).", show_default=False)] = None,
     no_bos: NoBosOpt = False,
+    special: SpecialOpt = False,
     json_out: JsonOpt = False,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "cpu",
@@ -362,7 +384,7 @@ def topk_command(
     SamplingParams(temperature=temp, top_k=0, top_p=top_p, min_p=min_p, seed=seed).validate()
     if steps < 1:
         raise UsageError(f"--steps: must be at least 1, got {steps}")
-    ctx = _prepare(text, model, dtype, threads, no_bos)
+    ctx = _prepare(text, model, dtype, threads, no_bos, special)
     check_range("-k", k, 1, ctx.config.vocab_size)
     context = ctx.config.max_position_embeddings
     if len(ctx.ids) + steps - 1 > context:
@@ -373,7 +395,7 @@ def topk_command(
 
     result = topk_report(ctx.model, ctx.tokenizer, ctx.ids, k, temperature=temp, top_p=top_p,
                          min_p=min_p, steps=steps, seed=seed,
-                         eos_ids=ctx.config.eos_token_id or [ctx.tokenizer.eos_id])
+                         eos_ids=ctx.tokenizer.eos_ids)
     _emit("topk", result, json_out)
 
 
@@ -421,6 +443,7 @@ def trace_command(
         "--head", help="With --attention: only head H (default: the mean of all heads).", metavar="H",
         show_default=False)] = None,
     no_bos: NoBosOpt = False,
+    special: SpecialOpt = False,
     json_out: JsonOpt = False,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "cpu",
@@ -447,7 +470,7 @@ def trace_command(
         raise UsageError(f"--temp: must be > 0, got {temp}")
     if head is not None and attention is None:
         raise UsageError("--head: needs --attention L (the block whose heads to draw)")
-    ctx = _prepare(text, model, dtype, threads, no_bos)
+    ctx = _prepare(text, model, dtype, threads, no_bos, special)
     n, h = ctx.config.num_hidden_layers, ctx.config.num_attention_heads
     check_range("-k", k, 1, ctx.config.vocab_size)
     if attention is not None and not 0 <= attention < n:

@@ -134,46 +134,58 @@ def model_info(model_dir: Path | str) -> ModelInfo:
                      or "LlamaForCausalLM", model_type=config.model_type, config=raw, derived=derived,
                      context_length=config.max_position_embeddings, parameters=parameters,
                      tensors=tensors, weights_bytes=sum(t.nbytes for t in tensors), files=files,
-                     tokenizer=tokenizer_info(model_dir / "tokenizer.model", notes), notes=notes)
+                     tokenizer=tokenizer_info(model_dir, notes), notes=notes)
 
 
 def tokenizer_info(path: Path, notes: list[str] | None = None) -> dict | None:
-    """Vocabulary size, special tokens and piece counts by kind of a ``tokenizer.model``;
-    ``None`` (with a note) if it is missing or unreadable."""
-    from llmcli.tokenizer import Tokenizer
+    """The tokenizer of a model directory (or of one tokenizer file): its kind, file, vocabulary
+    size, special tokens, BOS/EOS ids and whether BOS is added, and piece counts by kind;
+    ``None`` (with a note) if there is none or it is unreadable. Either kind
+    (:func:`llmcli.tokenizer.load_tokenizer` decides which a directory uses)."""
+    from llmcli.tokenizer import Tokenizer, load_tokenizer
 
+    path = Path(path)
     try:
-        tok = Tokenizer(path)
+        tok = load_tokenizer(path) if path.is_dir() else Tokenizer(path)
     except LLMCLIError as exc:
         if notes is not None:
             notes.append(str(exc))
         return None
-    sp = tok.sp
-    counts = {"normal": 0, "control": 0, "byte": 0, "unknown": 0, "user_defined": 0, "unused": 0}
-    control = []
-    for i in range(tok.vocab_size):
-        if sp.is_control(i):
-            counts["control"] += 1
-            control.append({"id": i, "piece": sp.id_to_piece(i)})
-        elif sp.is_unknown(i):
-            counts["unknown"] += 1
-        elif sp.is_byte(i):
-            counts["byte"] += 1
-        elif sp.is_unused(i):
-            counts["unused"] += 1
-        elif hasattr(sp, "IsUserDefined") and sp.IsUserDefined(i):
-            counts["user_defined"] += 1
-        else:
-            counts["normal"] += 1
 
-    def special(token_id: int) -> dict | None:
-        return None if token_id < 0 else {"id": token_id, "piece": sp.id_to_piece(token_id)}
+    def special(token_id: int | None) -> dict | None:
+        return None if token_id is None else {"id": token_id, "piece": tok.piece(token_id)}
 
-    return {"path": str(path), "vocab_size": tok.vocab_size,
-            "special": {"bos": special(sp.bos_id()), "eos": special(sp.eos_id()),
-                        "unk": special(sp.unk_id()), "pad": special(sp.pad_id())},
-            "control_tokens": control, "kinds": counts,
-            "byte_fallback": counts["byte"] == 256}
+    out = {"path": str(tok.path), "kind": tok.kind, "vocab_size": tok.vocab_size,
+           "special": {"bos": special(tok.bos_id), "eos": special(tok.eos_id)},
+           "eos_ids": list(tok.eos_ids), "add_bos": tok.add_bos}
+    if tok.kind == "sentencepiece":
+        sp = tok.sp
+        counts = {"normal": 0, "control": 0, "byte": 0, "unknown": 0, "user_defined": 0, "unused": 0}
+        control = []
+        for i in range(tok.vocab_size):
+            if sp.is_control(i):
+                counts["control"] += 1
+                control.append({"id": i, "piece": sp.id_to_piece(i)})
+            elif sp.is_unknown(i):
+                counts["unknown"] += 1
+            elif sp.is_byte(i):
+                counts["byte"] += 1
+            elif sp.is_unused(i):
+                counts["unused"] += 1
+            elif hasattr(sp, "IsUserDefined") and sp.IsUserDefined(i):
+                counts["user_defined"] += 1
+            else:
+                counts["normal"] += 1
+        out["special"]["unk"] = special(sp.unk_id() if sp.unk_id() >= 0 else None)
+        out["special"]["pad"] = special(sp.pad_id() if sp.pad_id() >= 0 else None)
+    else:
+        counts = {"normal": 0, "special": 0, "byte": 0, "unknown": 0}
+        for i in range(tok.vocab_size):
+            counts[tok.token_kind(i)] += 1
+        control = [{"id": i, "piece": tok.piece(i)} for i in tok.special_ids()]
+        out["model"] = tok.model_type
+    out.update({"control_tokens": control, "kinds": counts, "byte_fallback": counts["byte"] == 256})
+    return out
 
 
 def _tensor_sort_key(t: TensorInfo):

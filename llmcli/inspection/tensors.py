@@ -48,7 +48,8 @@ def piece_of(tokenizer, token_id: int) -> str:
 
 
 def token_text(tokenizer, token_id: int) -> str:
-    """The text a token adds (``▁`` as a space; a lone byte of a multi-byte character as U+FFFD)."""
+    """The text a token adds (its exact bytes as UTF-8: sentencepiece's ``▁`` and byte-level
+    ``Ġ`` as a space; part of a multi-byte character as U+FFFD)."""
     if not 0 <= token_id < tokenizer.vocab_size:
         return ""
     return tokenizer.token_bytes(token_id).decode("utf-8", errors="replace")
@@ -329,7 +330,7 @@ def topk_report(model, tokenizer, ids: list[int], k: int, temperature: float = 1
     params = SamplingParams(temperature=temperature if sampled else 0.0, top_k=0, top_p=top_p,
                             min_p=min_p, seed=seed)
     sampler = Sampler(params)
-    eos = set(eos_ids if eos_ids is not None else [tokenizer.eos_id])
+    eos = set(eos_ids if eos_ids is not None else tokenizer.eos_ids)
     context_ids = list(ids)
     out: list[TopkStep] = []
     stop_reason = "steps"

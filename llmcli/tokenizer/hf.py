@@ -111,6 +111,8 @@ class HFTokenizer(Tokenizer):
         self._metaspace = bool({"Metaspace", "Replace"} & types)
         self._wordpiece = "WordPiece" in types
         self._bytes_cache: dict[int, bytes] = {}
+        #: The model's type as tokenizer.json names it: ``BPE``, ``Unigram``, ``WordPiece``...
+        self.model_type: str = type(tk.model).__name__
 
         # What the post-processor adds around a text (BOS in front, EOS behind, [CLS]...[SEP]).
         self._tk.encode_special_tokens = True

@@ -133,8 +133,20 @@ class SentencePieceTokenizer(Tokenizer):
     # -- helpers ----------------------------------------------------------------------------
 
     def _decode(self, ids: list[int], skip_special: bool) -> str:
-        # sentencepiece decodes control pieces to nothing whatever skip_special says.
-        return self.sp.decode(ids)
+        """sentencepiece decodes control pieces to nothing; with ``skip_special=False`` their
+        piece text (``<s>``) goes between the decodes of the stretches around them, each decoded
+        on its own (so its leading ``▁`` is dropped as at a start): the inverse of
+        ``encode(special=True)``, which encodes each stretch on its own."""
+        if skip_special or not any(self.sp.is_control(i) for i in ids):
+            return self.sp.decode(ids)
+        out, run = [], []
+        for i in ids:
+            if self.sp.is_control(i):
+                out += [self.sp.decode(run), self.sp.id_to_piece(i)]
+                run = []
+            else:
+                run.append(i)
+        return "".join(out) + self.sp.decode(run)
 
     def _stream_start_ok(self, token_id: int) -> bool:
         """A text piece that does not begin with ``▁`` (sentencepiece drops leading whitespace
