@@ -26,7 +26,7 @@ shakespeare model, 5.3 M parameters; 28-token prompt, 128 new tokens; medians of
 
 ``--general-path`` (llmcli without the one-token fast path: checkpoint-layout weights,
 separate q/k/v and gate/up matmuls, module by module) decoded at 468-523 tok/s. The fast path
-(``LlamaForCausalLM.fuse_projections`` and ``_decode_one``) stores every matrix transposed so
+(``llmcli/fastpath.py``: ``install`` and ``LlamaStyleDecoder``) stores every matrix transposed so
 BLAS runs its fast layout (about 2x faster one-token matmuls on this CPU; the 21 MB of weights
 stay in L3), fuses q/k/v and gate/up, and runs the step as straight-line code. With another
 process busy on one core, two threads run 2-3x slower than one: hence ``--threads 1`` by
@@ -190,9 +190,9 @@ def main() -> None:
     hf_model = load_transformers(model_dir)
     general_model = None
     if args.general_path:
-        from llmcli.model import LlamaForCausalLM
+        from llmcli.models import model_class
 
-        general_model = LlamaForCausalLM(config).eval()   # unfused: the general forward
+        general_model = model_class(config)(config).eval()   # no fast path: the readable forward
         general_model.load_state_dict(model.state_dict())
     prompt_ids = tokenizer.encode(args.prompt)
     n = min(args.new_tokens, config.max_position_embeddings - len(prompt_ids))

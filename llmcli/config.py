@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import InitVar, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from llmcli.errors import LLMCLIError
 
@@ -20,6 +20,47 @@ LLAMA_COMPATIBLE_ARCHITECTURES = {"LlamaForCausalLM", "MistralForCausalLM"}
 
 #: RoPE scaling types implemented in :mod:`llmcli.model` (see ``rope_inv_freq``).
 SUPPORTED_ROPE_TYPES = {"default", "linear", "llama3"}
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What a model family computes, in words, from its config (no torch): what ``info``,
+    ``trace`` and ``embeddings`` say, and the Hugging Face module names of its stages.
+
+    ``position_embedding`` is the name of a learned position table added to the token
+    embedding (GPT-2's ``transformer.wpe``), or None when position enters elsewhere (RoPE).
+    """
+
+    family: str               # e.g. "Llama"
+    norm: str                 # kind and eps
+    position: str             # how position enters
+    attention: str            # heads, key/value heads, head size, biases, window
+    mlp: str                  # kind and intermediate size
+    residual: str             # pre-/post-norm, serial or parallel
+    position_note: str        # a longer explanation of position, for embeddings and trace
+    token_embedding: str      # module names: "model.embed_tokens"
+    layers: str               # "model.layers" (block i is f"{layers}.{i}")
+    attention_module: str     # "self_attn" (inside a block)
+    mlp_module: str           # "mlp"
+    final_norm: str           # "model.norm"
+    lm_head: str              # "lm_head"
+    position_embedding: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def attention_kind(heads: int, kv_heads: int) -> str:
+    """``multi-head``, ``multi-query`` or ``grouped-query``."""
+    return ("multi-head" if kv_heads == heads else "multi-query" if kv_heads == 1
+            else "grouped-query")
+
+
+#: How RoPE enters a model (shown by ``embeddings`` and ``trace``).
+ROPE_POSITION_NOTE = ("Position is not added to the embedding: RoPE rotates each query and key "
+                      "vector by an angle proportional to its position inside every attention "
+                      "layer, so attention scores depend on relative position; the embedding "
+                      "row of a token is the same at every position.")
 
 
 @dataclass
@@ -53,6 +94,9 @@ class LlamaConfig:
     #: Where the values came from, named in error messages (not a config field).
     source: InitVar[str] = "config"
 
+    #: The model family (a key of ``llmcli.models.FAMILIES``).
+    family: ClassVar[str] = "llama"
+
     def __post_init__(self, source: str = "config") -> None:
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
@@ -71,6 +115,22 @@ class LlamaConfig:
         if not self.rope_scaling:
             return "default"
         return self.rope_scaling.get("rope_type", self.rope_scaling.get("type", "default"))
+
+    def architecture(self) -> Architecture:
+        """What this model computes, in words."""
+        H, K = self.num_attention_heads, self.num_key_value_heads
+        bias = " with q/k/v/o biases" if self.attention_bias else ""
+        return Architecture(
+            family="Llama", norm=f"RMSNorm, eps {self.rms_norm_eps:g}",
+            position=f"RoPE on queries and keys, theta {self.rope_theta:g}, scaling {self.rope_type}",
+            attention=f"{H} heads, {K} key/value heads ({attention_kind(H, K)}), "
+                      f"head_dim {self.head_dim}{bias}",
+            mlp=f"SwiGLU, intermediate size {self.intermediate_size}"
+                + (" (with biases)" if self.mlp_bias else ""),
+            residual="pre-norm, serial: h = x + attn(norm(x)); x = h + mlp(norm(h))",
+            position_note=ROPE_POSITION_NOTE, token_embedding="model.embed_tokens",
+            layers="model.layers", attention_module="self_attn", mlp_module="mlp",
+            final_norm="model.norm", lm_head="lm_head")
 
     def validate(self, source: str = "config") -> None:
         """Check that the numbers describe a model we can build.

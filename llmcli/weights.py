@@ -116,37 +116,24 @@ def read_tensors(files: list[Path]) -> dict[str, Any]:
 
 
 def expected_shapes(config) -> dict[str, tuple[int, ...]]:
-    """Every tensor name the Llama model needs → its shape (Hugging Face names)."""
-    D, V, Fi = config.hidden_size, config.vocab_size, config.intermediate_size
-    H, K, Dh = config.num_attention_heads, config.num_key_value_heads, config.head_dim
-    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (V, D), "model.norm.weight": (D,)}
-    if not config.tie_word_embeddings:
-        shapes["lm_head.weight"] = (V, D)
-    for i in range(config.num_hidden_layers):
-        p = f"model.layers.{i}."
-        shapes[p + "self_attn.q_proj.weight"] = (H * Dh, D)
-        shapes[p + "self_attn.k_proj.weight"] = (K * Dh, D)
-        shapes[p + "self_attn.v_proj.weight"] = (K * Dh, D)
-        shapes[p + "self_attn.o_proj.weight"] = (D, H * Dh)
-        if config.attention_bias:
-            shapes[p + "self_attn.q_proj.bias"] = (H * Dh,)
-            shapes[p + "self_attn.k_proj.bias"] = (K * Dh,)
-            shapes[p + "self_attn.v_proj.bias"] = (K * Dh,)
-            shapes[p + "self_attn.o_proj.bias"] = (D,)
-        shapes[p + "mlp.gate_proj.weight"] = (Fi, D)
-        shapes[p + "mlp.up_proj.weight"] = (Fi, D)
-        shapes[p + "mlp.down_proj.weight"] = (D, Fi)
-        if config.mlp_bias:
-            shapes[p + "mlp.gate_proj.bias"] = (Fi,)
-            shapes[p + "mlp.up_proj.bias"] = (Fi,)
-            shapes[p + "mlp.down_proj.bias"] = (D,)
-        shapes[p + "input_layernorm.weight"] = (D,)
-        shapes[p + "post_attention_layernorm.weight"] = (D,)
+    """Every tensor name a checkpoint of ``config``'s family must hold → its shape, as stored
+    (Hugging Face names and layout: GPT-2's Conv1D matrices (in, out)). A tied output matrix
+    is left out (checkpoints written by transformers omit it). Read off the family's model
+    built on the meta device, so it always matches the model."""
+    import torch
+
+    from llmcli.models import model_class
+
+    cls = model_class(config)
+    with torch.device("meta"):
+        model = cls(config)
+    shapes = {}
+    for name, tensor in model.state_dict().items():
+        if config.tie_word_embeddings and name == cls.OUTPUT_NAME:
+            continue
+        shape = tuple(tensor.shape)
+        shapes[name] = shape[::-1] if name.endswith(cls.TRANSPOSED_IN_CHECKPOINT) else shape
     return shapes
-
-
-#: Tensors some exporters write that carry no information for inference.
-_IGNORABLE_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
 def resolve_dtype(dtype: str, device: str, storage_dtype) -> Any:
@@ -170,8 +157,12 @@ def resolve_dtype(dtype: str, device: str, storage_dtype) -> Any:
 
 def load_model(model_dir: Path | str, dtype: str = "auto", device: str = "cpu",
                warn=None):
-    """Load a Llama-family model directory → ``(model, config)`` in eval mode.
+    """Load a model directory of any family in :data:`llmcli.models.FAMILIES` →
+    ``(model, config)`` in eval mode, with the decoding fast path installed
+    (:func:`llmcli.fastpath.install`).
 
+    The checkpoint's tensors are copied as they are (same names), except the matrices a
+    family stores transposed (GPT-2's Conv1D), which are transposed here, once.
     ``warn`` (callable taking one string) receives notices such as unknown extra tensors.
 
     Raises:
@@ -181,8 +172,8 @@ def load_model(model_dir: Path | str, dtype: str = "auto", device: str = "cpu",
     """
     import torch
 
-    from llmcli.config import LlamaConfig
-    from llmcli.model import LlamaForCausalLM, rope_inv_freq
+    from llmcli.fastpath import install
+    from llmcli.models import load_config, model_class
 
     model_dir = Path(model_dir)
     if model_dir.is_file():
@@ -190,44 +181,48 @@ def load_model(model_dir: Path | str, dtype: str = "auto", device: str = "cpu",
                           "config.json and the weights)")
     if not model_dir.is_dir():
         raise LLMCLIError(f"{model_dir}: no such model directory")
-    config = LlamaConfig.from_file(model_dir / "config.json")
-    tensors = read_tensors(weight_files(model_dir))
+    config = load_config(model_dir / "config.json")
+    cls = model_class(config)
+    tensors = cls.checkpoint_names(read_tensors(weight_files(model_dir)))
     shapes = expected_shapes(config)
+    embed_name, output_name = cls.EMBEDDING_NAME, cls.OUTPUT_NAME
 
     if config.tie_word_embeddings:
-        # A tied checkpoint may ship a copy of the embedding as lm_head; the tie wins (as in
-        # transformers 4; transformers 5 uses a shipped lm_head that differs, so say so).
-        head = tensors.pop("lm_head.weight", None)
-        embed = tensors.get("model.embed_tokens.weight")
+        # A tied checkpoint may ship a copy of the embedding as its output matrix; the tie
+        # wins (as in transformers 4; transformers 5 uses a shipped one that differs, so say so).
+        head = tensors.pop(output_name, None)
+        embed = tensors.get(embed_name)
         if (head is not None and embed is not None and warn is not None
                 and (head.shape != embed.shape or not torch.equal(head.to(embed.dtype), embed))):
-            warn(f"{model_dir}: config.json ties the embeddings, so lm_head.weight in the "
-                 "weights (which differs from model.embed_tokens.weight) is ignored")
+            warn(f"{model_dir}: config.json ties the embeddings, so {output_name} in the "
+                 f"weights (which differs from {embed_name}) is ignored")
     for name, shape in shapes.items():
         if name not in tensors:
             raise LLMCLIError(f"{model_dir}: tensor {name} {list(shape)} is missing from the weights")
         if tuple(tensors[name].shape) != shape:
             raise LLMCLIError(f"{model_dir}: tensor {name} has shape {list(tensors[name].shape)}, "
                               f"expected {list(shape)} from config.json")
-    extra = sorted(n for n in tensors if n not in shapes and not n.endswith(_IGNORABLE_SUFFIXES))
+    extra = sorted(n for n in tensors if n not in shapes and not n.endswith(cls.IGNORED_SUFFIXES))
     if extra and warn is not None:
         more = f" (+{len(extra) - 5} more)" if len(extra) > 5 else ""
         warn(f"{model_dir}: ignoring {len(extra)} unknown tensor(s): {', '.join(extra[:5])}{more}")
 
-    storage = tensors["model.embed_tokens.weight"].dtype
+    storage = tensors[embed_name].dtype
     torch_dtype = resolve_dtype(dtype, device, storage)
     _check_device(device)
     with torch.device("meta"):
-        model = LlamaForCausalLM(config)
-    state = {name: tensors[name].to(device=device, dtype=torch_dtype) for name in shapes}
+        model = cls(config)
+    state = {}
+    for name in shapes:
+        t = tensors[name].to(device=device, dtype=torch_dtype)
+        state[name] = t.t() if name.endswith(cls.TRANSPOSED_IN_CHECKPOINT) else t
     if config.tie_word_embeddings:
-        state["lm_head.weight"] = state["model.embed_tokens.weight"]
+        state[output_name] = state[embed_name]
     model.load_state_dict(state, strict=True, assign=True)
-    if config.tie_word_embeddings:
-        model.lm_head.weight = model.model.embed_tokens.weight
-    model.inv_freq = rope_inv_freq(config).to(device)
+    model.tie_weights()
+    model.reset_buffers(device)
     model.eval()
-    model.fuse_projections()
+    install(model)
     return model, config
 
 

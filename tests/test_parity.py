@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from conftest import load_hf, make_checkpoint, shared_path
 from llmcli.config import LlamaConfig
-from llmcli.model import rope_inv_freq
+from llmcli.models.common import rope_inv_freq
 from llmcli.weights import load_model
 
 pytest.importorskip("transformers")
@@ -167,7 +167,7 @@ def test_16_bit_compute(tmp_path, dtype):
 @torch.no_grad()
 def test_capture_matches_transformers_hidden_states_and_attentions(tmp_path):
     """Capture's hidden states and attention weights equal transformers' (eager attention)."""
-    from llmcli.model import Capture
+    from llmcli.models.common import Capture
 
     model_dir, _ = make_checkpoint(tmp_path, **CASES["everything"])
     hf_model = load_hf(model_dir, attn_implementation="eager")
@@ -225,6 +225,10 @@ def test_legacy_rope_config_json(tmp_path, case):
     check_parity(model_dir, load_hf(model_dir), batch=1)
 
 
+def _inv_freq(cfg):
+    return rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling, cfg.max_position_embeddings)
+
+
 def test_rope_parameters_and_legacy_keys_agree():
     base = dict(model_type="llama", hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
                 max_position_embeddings=64)
@@ -235,7 +239,7 @@ def test_rope_parameters_and_legacy_keys_agree():
         "type": "llama3", **{k: v for k, v in LLAMA3_SCALING.items() if k != "rope_type"}}})
     for cfg in (legacy, new, old_style_type):
         assert cfg.rope_theta == 500000.0 and cfg.rope_type == "llama3"
-        assert torch.equal(rope_inv_freq(cfg), rope_inv_freq(legacy))
+        assert torch.equal(_inv_freq(cfg), _inv_freq(legacy))
     default_new = LlamaConfig.from_dict({**base, "rope_parameters": {"rope_type": "default",
                                                                      "rope_theta": 1234.0}})
     assert default_new.rope_theta == 1234.0 and default_new.rope_type == "default"
@@ -301,26 +305,29 @@ def test_real_model_logits_and_greedy(name):
 @pytest.mark.parametrize("case", ["gqa", "bias", "bf16"])
 @torch.no_grad()
 def test_fused_decode_path_equals_general_path(tmp_path, case):
-    """load_model fuses q/k/v and gate/up; the one-token decode fast path gives the logits of
-    the general (unfused, module-by-module) path, and the parameters keep their values."""
-    from llmcli.model import LlamaForCausalLM
+    """load_model installs llmcli.fastpath (weights relaid out, q/k/v and gate/up fused); its
+    one-token decoder gives the logits of the readable (unfused, module-by-module) path, and
+    the parameters keep their values and names."""
+    from llmcli.fastpath import LlamaStyleDecoder
+    from llmcli.models.llama import LlamaForCausalLM
 
     kwargs = dict(CASES[case])
     dtype = "bfloat16" if kwargs.get("storage_dtype") is torch.bfloat16 else "float32"
     model_dir, _ = make_checkpoint(tmp_path, **kwargs)
     fused, config = load_model(model_dir, dtype=dtype)
-    assert fused._fused and fused.model.layers[0].self_attn.qkv_weight is not None
+    assert isinstance(fused.fast_decoder, LlamaStyleDecoder)
+    assert fused.model.layers[0].self_attn.qkv_weight is not None
     plain = LlamaForCausalLM(config).to(fused.dtype).eval()
     plain.load_state_dict(fused.state_dict())
-    assert not plain._fused
+    assert plain.fast_decoder is None
     state = fused.state_dict()
     for name, tensor in load_file(str(model_dir / "model.safetensors")).items():
         assert torch.equal(state[name], tensor.to(fused.dtype)), name
 
     ids = _tokens(config.vocab_size, batch=2, length=12)
     calls = []
-    original = LlamaForCausalLM._decode_one
-    LlamaForCausalLM._decode_one = lambda self, *a: calls.append(1) or original(self, *a)
+    original = LlamaStyleDecoder.__call__
+    LlamaStyleDecoder.__call__ = lambda self, *a: calls.append(1) or original(self, *a)
     try:
         caches = [fused.new_cache(batch=2), plain.new_cache(batch=2)]
         outs = [[m(ids[:, :4], cache=c)] for m, c in zip((fused, plain), caches)]
@@ -328,7 +335,7 @@ def test_fused_decode_path_equals_general_path(tmp_path, case):
             for m, c, out in zip((fused, plain), caches, outs):
                 out.append(m(ids[:, t:t + 1], cache=c))
     finally:
-        LlamaForCausalLM._decode_one = original
+        LlamaStyleDecoder.__call__ = original
     assert len(calls) == 8  # the fused model took the fast path at every single-token step
     tol = 1e-5 if dtype == "float32" else 6e-2  # bf16: a few ulps of logits near 1-4
     for a, b in zip(*outs):

@@ -102,7 +102,7 @@ class _Tok:
 @torch.no_grad()
 def test_evaluate_bpc_scores_every_token_once(tmp_path):
     from llmcli.config import LlamaConfig
-    from llmcli.model import LlamaForCausalLM
+    from llmcli.models.llama import LlamaForCausalLM
 
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -236,12 +236,12 @@ def test_space_after_newline_tokenizer(tmp_path):
 
 
 def test_dropout_drops_the_right_fraction_and_rescales():
-    """llmcli.model.dropout (the byte-mask dropout used in training) against its definition:
+    """llmcli.train.ops.dropout (the byte-mask dropout used in training) against its definition:
     about p of the elements zeroed, the rest scaled by 1/(1-p), mean preserved, gradient = mask
     × scale, reproducible under a seed, identity at p=0."""
     import torch
 
-    from llmcli.model import dropout
+    from llmcli.train.ops import dropout
 
     for p in (0.1, 0.2, 0.5):
         x = torch.ones(400_000, requires_grad=True)
@@ -265,10 +265,10 @@ def test_dropout_drops_the_right_fraction_and_rescales():
 
 
 def test_bf16_training_attention_matches_float32_and_is_causal():
-    """llmcli.model.causal_attention_bf16 (training's attention under CPU bf16 autocast)
+    """llmcli.train.ops.causal_attention_bf16 (training's attention under CPU bf16 autocast)
     against float32 scaled_dot_product_attention: equal within bfloat16 rounding, and
     changing the last key/value leaves every earlier position's output unchanged."""
-    from llmcli.model import causal_attention_bf16
+    from llmcli.train.ops import causal_attention_bf16
 
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 3, 40, 16) for _ in range(3))   # (B, H, T, Dh)
@@ -289,8 +289,9 @@ def test_bf16_training_step_uses_eager_attention_with_the_kernels_gradients(monk
     """A training forward+backward under CPU bf16 autocast goes through causal_attention_bf16
     (multi-head attention only; GQA, eval mode and float32 keep scaled_dot_product_attention),
     and its loss and gradients agree with the scaled_dot_product_attention run."""
-    import llmcli.model as M
+    import llmcli.train.ops as M
     from llmcli.config import LlamaConfig
+    from llmcli.models.llama import LlamaForCausalLM
 
     calls = []
     real = M.causal_attention_bf16
@@ -299,7 +300,8 @@ def test_bf16_training_step_uses_eager_attention_with_the_kernels_gradients(monk
     config = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=kv_heads,
                          max_position_embeddings=64, tie_word_embeddings=True)
-    model = M.LlamaForCausalLM(config)
+    model = LlamaForCausalLM(config)
+    M.prepare_for_training(model, 0.0)
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.3)
     x = torch.randint(0, 64, (2, 48))

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from llmcli.errors import LLMCLIError
-from llmcli.model import Capture
+from llmcli.models.common import Capture
 from llmcli.sampling import (Sampler, SamplingParams, apply_min_p, apply_temperature, apply_top_p,
                              filter_logits)
 
@@ -190,7 +190,7 @@ def nearest_tokens(model, tokenizer, vectors: torch.Tensor, k: int) -> list[list
     most cosine-similar: ``[[{"id", "piece", "cosine"}]]``."""
     if k <= 0:
         return []
-    emb = model.model.embed_tokens.weight.detach().float()                      # (V, D)
+    emb = model.input_embeddings().detach().float()                              # (V, D)
     with torch.inference_mode():
         sims = torch.nn.functional.normalize(vectors.float(), dim=-1) @ \
             torch.nn.functional.normalize(emb, dim=-1).T                       # (T, V)
@@ -386,10 +386,10 @@ class TraceResult:
 
 
 def logit_lens(model, residual: torch.Tensor) -> torch.Tensor:
-    """``lm_head(norm(residual))`` (V,) float32: what the model would predict if the residual
+    """``unembed(final_norm(residual))`` (V,) float32: what the model would predict if the residual
     stream stopped here (nostalgebraist 2020, "interpreting GPT: the logit lens")."""
     with torch.inference_mode():
-        return model.lm_head(model.model.norm(residual)).float()
+        return model.unembed(model.final_norm(residual)).float()
 
 
 def attention_map(capture: Capture, layer: int, head: int | None = None) -> torch.Tensor:

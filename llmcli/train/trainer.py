@@ -169,7 +169,8 @@ def train(train_docs: list[Document], valid_docs: list[Document], out_dir: Path,
     import torch.nn.functional as F
 
     from llmcli.config import LlamaConfig
-    from llmcli.model import LlamaForCausalLM
+    from llmcli.models.llama import LlamaForCausalLM
+    from llmcli.train.ops import prepare_for_training
     from llmcli.tokenizer import Tokenizer
     from llmcli.weights import save_model
 
@@ -200,9 +201,7 @@ def train(train_docs: list[Document], valid_docs: list[Document], out_dir: Path,
         bos_token_id=tok.bos_id, eos_token_id=[tok.eos_id], torch_dtype="float32")
     model = LlamaForCausalLM(config)
     _init_weights(model, config)
-    for layer in model.model.layers:
-        layer.dropout = s.dropout
-        layer.self_attn.dropout = 0.0
+    prepare_for_training(model, s.dropout)
     n_params = model.num_parameters()
     log(f"model: {n_params:,} parameters")
 
@@ -256,7 +255,7 @@ def train(train_docs: list[Document], valid_docs: list[Document], out_dir: Path,
             group["lr"] = lr
         x, y = batch(train_ids, torch.randint(0, len(train_ids) - s.context - 1, (s.batch_size,), generator=gen))
         with autocast():
-            logits = model(x, embed_dropout=s.dropout)                       # (B, T, V)
+            logits = model(x)                                                # (B, T, V)
         loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
         opt.zero_grad(set_to_none=True)
         loss.backward()
