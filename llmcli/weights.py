@@ -9,9 +9,7 @@ never unpickled).
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -241,52 +239,49 @@ def _check_device(device: str) -> None:
 
 
 def save_model(model, config, out_dir: Path | str, tokenizer_model: Path | None = None,
-               dtype=None, extra_files: dict[str, str] | None = None) -> Path:
+               dtype=None, extra_files: dict[str, str] | None = None, force: bool = False,
+               option: str | None = None, inputs=()) -> Path:
     """Write ``model`` as an HF-layout directory, atomically (temp dir, then rename).
 
     Writes ``config.json``, ``model.safetensors`` (without ``lm_head.weight`` when tied, as
     transformers does), ``generation_config.json``, a copy of ``tokenizer_model`` and any
-    ``extra_files`` ({name: text}). An existing ``out_dir`` is replaced.
+    ``extra_files`` ({name: text}). ``out_dir`` follows :mod:`llmcli.outputs`' rule: absent
+    or empty, or (with ``force``) a model directory holding only files llmcli writes; never the
+    current directory or one holding ``inputs``.
 
     Returns the directory path.
+
+    Raises:
+        LLMCLIError: ``out_dir`` may not be replaced (naming ``option`` and the reason), or the
+            system refused a write.
     """
     from safetensors.torch import save_file
 
+    from llmcli.outputs import building_dir
+
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        state = {}
-        for name, tensor in model.state_dict().items():
-            if config.tie_word_embeddings and name == "lm_head.weight":
-                continue
-            t = tensor.detach().to("cpu")
+        with building_dir(out_dir, option, force, inputs) as tmp:
+            state = {}
+            for name, tensor in model.state_dict().items():
+                if config.tie_word_embeddings and name == "lm_head.weight":
+                    continue
+                t = tensor.detach().to("cpu")
+                if dtype is not None:
+                    t = t.to(dtype)
+                state[name] = t.contiguous().clone()
+            save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            cfg = config.to_dict()
             if dtype is not None:
-                t = t.to(dtype)
-            state[name] = t.contiguous().clone()
-        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        cfg = config.to_dict()
-        if dtype is not None:
-            cfg["torch_dtype"] = str(dtype).replace("torch.", "")
-        (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
-        gen = {"bos_token_id": config.bos_token_id,
-               "eos_token_id": config.eos_token_id[0] if len(config.eos_token_id) == 1 else config.eos_token_id}
-        (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n", encoding="utf-8")
-        if tokenizer_model is not None:
-            shutil.copyfile(tokenizer_model, tmp / "tokenizer.model")
-        for name, text in (extra_files or {}).items():
-            (tmp / name).write_text(text, encoding="utf-8")
-        for path in [tmp, *tmp.iterdir()]:
-            path.chmod(0o755 if path.is_dir() else 0o644)
-        if out_dir.exists():
-            old = out_dir.with_name(out_dir.name + ".old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+                cfg["torch_dtype"] = str(dtype).replace("torch.", "")
+            (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+            gen = {"bos_token_id": config.bos_token_id,
+                   "eos_token_id": config.eos_token_id[0] if len(config.eos_token_id) == 1 else config.eos_token_id}
+            (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n", encoding="utf-8")
+            if tokenizer_model is not None:
+                shutil.copyfile(tokenizer_model, tmp / "tokenizer.model")
+            for name, text in (extra_files or {}).items():
+                (tmp / name).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise LLMCLIError(f"{out_dir}: cannot write the model ({exc.strerror or exc})") from None
     return out_dir

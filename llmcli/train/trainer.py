@@ -154,21 +154,41 @@ def evaluate_bpc(model, tokenizer, docs: list[Document], context: int) -> tuple[
 def train(train_docs: list[Document], valid_docs: list[Document], out_dir: Path,
           settings: TrainSettings, on_progress: Callable[[dict], None] | None = None,
           log: Callable[[str], None] = print, command: str = "",
-          data_info: dict | None = None) -> TrainResult:
+          data_info: dict | None = None, force: bool = False, inputs=()) -> TrainResult:
     """Train tokenizer and model; write the best model to ``out_dir`` (HF layout).
 
     ``data_info`` (sources, include pattern, preparation flags) is recorded in
     ``training.json`` for the model card. ``on_progress`` receives
     ``{"step", "max_steps", "loss", "lr"}`` each step, and ``log``
-    one line per evaluation. Returns the run's :class:`TrainResult`.
+    one line per evaluation. ``out_dir`` is written by :func:`llmcli.weights.save_model`
+    (``force`` and ``inputs``: :mod:`llmcli.outputs`' rule). The tokenizer is trained in a
+    temporary directory that is removed at the end, whatever happens.
+    Returns the run's :class:`TrainResult`.
+
+    Raises:
+        LLMCLIError: the loss became non-finite (training diverged), or ``out_dir`` may not
+            be written.
     """
-    import copy
+    import shutil
     import tempfile
+
+    workdir = Path(tempfile.mkdtemp(prefix="llmcli-train-"))
+    try:
+        return _train(train_docs, valid_docs, out_dir, settings, on_progress, log, command,
+                      data_info, force, list(inputs), workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _train(train_docs, valid_docs, out_dir, settings, on_progress, log, command, data_info,
+           force, inputs, workdir: Path) -> TrainResult:
+    import copy
 
     import torch
     import torch.nn.functional as F
 
     from llmcli.config import LlamaConfig
+    from llmcli.errors import LLMCLIError
     from llmcli.models.llama import LlamaForCausalLM
     from llmcli.train.ops import prepare_for_training
     from llmcli.tokenizer import Tokenizer
@@ -177,7 +197,6 @@ def train(train_docs: list[Document], valid_docs: list[Document], out_dir: Path,
     s = settings
     torch.manual_seed(s.seed)
     torch.set_num_threads(s.threads)
-    workdir = Path(tempfile.mkdtemp(prefix="llmcli-train-"))
     tok_path = train_tokenizer(train_docs, s.vocab_size, workdir / "tokenizer", s.threads,
                                space_after_newline=s.space_after_newline)
     tok = Tokenizer(tok_path)
@@ -257,12 +276,15 @@ def train(train_docs: list[Document], valid_docs: list[Document], out_dir: Path,
         with autocast():
             logits = model(x)                                                # (B, T, V)
         loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        if not math.isfinite(loss_value := loss.item()):
+            raise LLMCLIError(f"training diverged: the loss is {loss_value} at step {step} "
+                              f"(learning rate {lr:.3g}); try a lower --lr (now {s.lr:g})")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if on_progress:
-            on_progress({"step": step, "max_steps": s.max_steps, "loss": loss.item(), "lr": lr})
+            on_progress({"step": step, "max_steps": s.max_steps, "loss": loss_value, "lr": lr})
         elapsed = time.perf_counter() - t0
         out_of_time = elapsed > s.max_minutes * 60 - 20  # leave time for the final evaluation
         if step % s.eval_interval == 0 or step == s.max_steps or out_of_time:
@@ -284,6 +306,9 @@ def train(train_docs: list[Document], valid_docs: list[Document], out_dir: Path,
                 log(f"stopping: time budget of {s.max_minutes} minutes reached")
                 break
     seconds = time.perf_counter() - t0
+    if best[2] is None:
+        raise LLMCLIError(f"training diverged: no evaluation gave a finite held-out loss "
+                          f"(last: {history[-1]['valid_loss'] if history else 'none'}); try a lower --lr")
     model.load_state_dict(best[2])
     model.eval()
     nats, chars, ntok = evaluate_bpc(model, tok, valid_docs, s.context)
@@ -299,7 +324,8 @@ def train(train_docs: list[Document], valid_docs: list[Document], out_dir: Path,
               "machine": machine_info(),
               "train_works": [d.name for d in train_docs], "valid_works": [d.name for d in valid_docs]}
     save_model(model, config, out_dir, tokenizer_model=tok_path,
-               extra_files={"training.json": json.dumps(record, indent=2) + "\n"})
+               extra_files={"training.json": json.dumps(record, indent=2) + "\n"},
+               force=force, option="-o", inputs=inputs)
     return result
 
 
