@@ -39,17 +39,18 @@ class SpecialTokensConfig:
     """What a model directory says about special tokens, beside the tokenizer file itself.
 
     Attributes:
-        bos_token, eos_token: the ``bos_token``/``eos_token`` strings of
+        bos_token, eos_token, unk_token: the ``bos_token``/``eos_token``/``unk_token`` strings of
             ``tokenizer_config.json`` (or ``special_tokens_map.json``); ``None`` when the file
             sets them to null; absent from ``present`` when no file names them.
         add_bos_token, add_eos_token: ``tokenizer_config.json``'s values, ``None`` when absent.
         config_bos_ids, config_eos_ids: ``bos_token_id``/``eos_token_id`` of
             ``generation_config.json`` then ``config.json`` (each may be an int or a list).
-        present: which of ``bos_token``/``eos_token`` some file names.
+        present: which of ``bos_token``/``eos_token``/``unk_token`` some file names.
     """
 
     bos_token: str | None = None
     eos_token: str | None = None
+    unk_token: str | None = None
     add_bos_token: bool | None = None
     add_eos_token: bool | None = None
     config_bos_ids: list[int] = field(default_factory=list)
@@ -96,7 +97,7 @@ def _id_list(value, path: Path, key: str) -> list[int]:
 
 def read_special_config(model_dir: Path) -> SpecialTokensConfig:
     """The special-token settings of ``model_dir``: ``tokenizer_config.json`` (falling back to
-    ``special_tokens_map.json`` for ``bos_token``/``eos_token``), ``generation_config.json`` and
+    ``special_tokens_map.json`` for the token strings), ``generation_config.json`` and
     ``config.json`` (the ids). Missing files count as empty.
 
     Raises:
@@ -106,7 +107,7 @@ def read_special_config(model_dir: Path) -> SpecialTokensConfig:
     tc_path = model_dir / "tokenizer_config.json"
     stm_path = model_dir / "special_tokens_map.json"
     tc, stm = _read_json(tc_path), _read_json(stm_path)
-    for key in ("bos_token", "eos_token"):
+    for key in ("bos_token", "eos_token", "unk_token"):
         for path, data in ((tc_path, tc), (stm_path, stm)):
             if key in data:
                 setattr(out, key, _token_string(data[key], path, key))

@@ -101,6 +101,9 @@ class HFTokenizer(Tokenizer):
         self._unk_id = tk.token_to_id(unk) if isinstance(unk, str) else None
         if self._unk_id is None and type(tk.model).__name__ == "Unigram":
             self._unk_id = getattr(tk.model, "unk_id", None)
+        special = special or SpecialTokensConfig()
+        if self._unk_id is None and isinstance(special.unk_token, str):
+            self._unk_id = tk.token_to_id(special.unk_token)  # transformers' unk_token_id
         self._byte_fallback = bool(getattr(tk.model, "byte_fallback", False))
         try:
             dec_state = json.loads(tk.decoder.__getstate__()) if tk.decoder is not None else None
@@ -110,6 +113,9 @@ class HFTokenizer(Tokenizer):
         self._byte_level = "ByteLevel" in types
         self._metaspace = bool({"Metaspace", "Replace"} & types)
         self._wordpiece = "WordPiece" in types
+        #: The ByteFallback decoder turns a whole run of byte pieces into U+FFFDs when the run
+        #: is not valid UTF-8 (StreamDecoder holds such runs back until they end).
+        self._byte_runs_fuse = "ByteFallback" in types
         self._bytes_cache: dict[int, bytes] = {}
         #: The model's type as tokenizer.json names it: ``BPE``, ``Unigram``, ``WordPiece``...
         self.model_type: str = type(tk.model).__name__
@@ -121,7 +127,6 @@ class HFTokenizer(Tokenizer):
         k = next((i for i in range(len(full)) if full[i:i + len(bare)] == bare), 0)
         self._post_prefix = full[:k]
 
-        special = special or SpecialTokensConfig()
         self.bos_id = self._special_id(special, "bos_token", special.config_bos_ids)
         self.eos_id = self._special_id(special, "eos_token", special.config_eos_ids)
         self._post_adds_bos = self.bos_id is not None and self.bos_id in self._post_prefix
@@ -190,13 +195,13 @@ class HFTokenizer(Tokenizer):
         return out
 
     def token_kind(self, token_id: int) -> str:
-        """``special`` (a special added token), ``unknown`` (the model's unk token), ``byte``
+        """``unknown`` (the model's unk token), ``special`` (a special added token), ``byte``
         (a ``<0xNN>`` byte-fallback piece) or ``normal``."""
         token_id = int(token_id)
-        if token_id in self._special:
-            return "special"
         if token_id == self._unk_id:
             return "unknown"
+        if token_id in self._special:
+            return "special"
         if self._byte_fallback and token_id not in self._added and _BYTE_PIECE.fullmatch(self.piece(token_id)):
             return "byte"
         return "normal"

@@ -85,21 +85,48 @@ class StreamDecoder:
         if not text.endswith(REPLACEMENT_CHAR):
             return 0
         tail = b""
-        for tid in reversed(self.ids[max(self.start, len(self.ids) - 4):]):
-            if self.tokenizer.token_kind(tid) in ("control", "special", "unknown"):
+        for tid in reversed(self.ids[max(self.start, len(self.ids) - 16):]):
+            kind = self.tokenizer.token_kind(tid)
+            if kind in ("control", "special") and self.skip_special:
+                continue  # decodes to nothing: the bytes around it join up
+            if kind in ("control", "special", "unknown"):
                 break
             tail = self.tokenizer.token_bytes(tid) + tail
-            if len(tail) >= 4:
+            if len(tail) >= 3:  # an unfinished character is at most 3 bytes
                 break
         if not incomplete_utf8_tail(tail):
             return 0
         return len(text) - len(text.rstrip(REPLACEMENT_CHAR))
 
+    def _ready(self, window: str) -> str:
+        """The part of ``window`` that later tokens cannot change: without the U+FFFDs of an
+        unfinished character, and, for tokenizers whose decoder fuses a run of byte pieces
+        (``tokenizers``' ByteFallback turns the whole run into U+FFFDs when it is not valid
+        UTF-8, so a later byte can change an earlier one), without a trailing run of byte
+        pieces."""
+        ready = window[:len(window) - self._held(window)]
+        if getattr(self.tokenizer, "_byte_runs_fuse", False):
+            k, run_has_bytes = len(self.ids), False
+            while k > self.start:
+                kind = self.tokenizer.token_kind(self.ids[k - 1])
+                if kind == "byte":
+                    run_has_bytes = True
+                elif not (kind in ("control", "special") and self.skip_special):
+                    break
+                k -= 1
+            if run_has_bytes:
+                head = self._decode(self.ids[self.start:k])
+                if not window.startswith(head):
+                    return self.window_done
+                if len(head) < len(ready):
+                    ready = head
+        return ready if len(ready) >= len(self.window_done) else self.window_done
+
     def _advance(self, final: bool) -> str:
         window = self._decode(self.ids[self.start:])
         if not window.startswith(self.window_done):
             return self._resync(final)
-        ready = window if final else window[:max(len(self.window_done), len(window) - self._held(window))]
+        ready = window if final else self._ready(window)
         chunk = ready[len(self.window_done):]
         self.window_done = ready
         self.emitted += chunk
