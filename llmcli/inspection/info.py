@@ -158,31 +158,11 @@ def tokenizer_info(path: Path, notes: list[str] | None = None) -> dict | None:
     out = {"path": str(tok.path), "kind": tok.kind, "vocab_size": tok.vocab_size,
            "special": {"bos": special(tok.bos_id), "eos": special(tok.eos_id)},
            "eos_ids": list(tok.eos_ids), "add_bos": tok.add_bos}
-    if tok.kind == "sentencepiece":
-        sp = tok.sp
-        counts = {"normal": 0, "control": 0, "byte": 0, "unknown": 0, "user_defined": 0, "unused": 0}
-        control = []
-        for i in range(tok.vocab_size):
-            if sp.is_control(i):
-                counts["control"] += 1
-                control.append({"id": i, "piece": sp.id_to_piece(i)})
-            elif sp.is_unknown(i):
-                counts["unknown"] += 1
-            elif sp.is_byte(i):
-                counts["byte"] += 1
-            elif sp.is_unused(i):
-                counts["unused"] += 1
-            elif hasattr(sp, "IsUserDefined") and sp.IsUserDefined(i):
-                counts["user_defined"] += 1
-            else:
-                counts["normal"] += 1
-        out["special"]["unk"] = special(sp.unk_id() if sp.unk_id() >= 0 else None)
-        out["special"]["pad"] = special(sp.pad_id() if sp.pad_id() >= 0 else None)
-    else:
-        counts = {"normal": 0, "special": 0, "byte": 0, "unknown": 0}
-        for i in range(tok.vocab_size):
-            counts[tok.token_kind(i)] += 1
-        control = [{"id": i, "piece": tok.piece(i)} for i in tok.special_ids()]
+    counts = tok.kind_counts()
+    control = [{"id": i, "piece": tok.piece(i)} for i in tok.special_ids()]
+    out["special"]["unk"] = special(tok.unk_id)
+    out["special"]["pad"] = special(tok.pad_id)
+    if tok.kind != "sentencepiece":
         out["model"] = tok.model_type
     out.update({"control_tokens": control, "kinds": counts, "byte_fallback": counts["byte"] == 256})
     return out

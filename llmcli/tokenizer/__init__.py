@@ -39,18 +39,19 @@ class SpecialTokensConfig:
     """What a model directory says about special tokens, beside the tokenizer file itself.
 
     Attributes:
-        bos_token, eos_token, unk_token: the ``bos_token``/``eos_token``/``unk_token`` strings of
+        bos_token, eos_token, unk_token, pad_token: the ``*_token`` strings of
             ``tokenizer_config.json`` (or ``special_tokens_map.json``); ``None`` when the file
             sets them to null; absent from ``present`` when no file names them.
         add_bos_token, add_eos_token: ``tokenizer_config.json``'s values, ``None`` when absent.
         config_bos_ids, config_eos_ids: ``bos_token_id``/``eos_token_id`` of
             ``generation_config.json`` then ``config.json`` (each may be an int or a list).
-        present: which of ``bos_token``/``eos_token``/``unk_token`` some file names.
+        present: which of those some file names.
     """
 
     bos_token: str | None = None
     eos_token: str | None = None
     unk_token: str | None = None
+    pad_token: str | None = None
     add_bos_token: bool | None = None
     add_eos_token: bool | None = None
     config_bos_ids: list[int] = field(default_factory=list)
@@ -107,7 +108,7 @@ def read_special_config(model_dir: Path) -> SpecialTokensConfig:
     tc_path = model_dir / "tokenizer_config.json"
     stm_path = model_dir / "special_tokens_map.json"
     tc, stm = _read_json(tc_path), _read_json(stm_path)
-    for key in ("bos_token", "eos_token", "unk_token"):
+    for key in ("bos_token", "eos_token", "unk_token", "pad_token"):
         for path, data in ((tc_path, tc), (stm_path, stm)):
             if key in data:
                 setattr(out, key, _token_string(data[key], path, key))
@@ -137,7 +138,8 @@ class Tokenizer:
         kind: ``"sentencepiece"`` or ``"tokenizer.json"``.
         path: the file it was read from.
         vocab_size: number of ids (``0..vocab_size-1``), added tokens included.
-        bos_id, eos_id: the BOS/EOS token ids, ``None`` when there is none.
+        bos_id, eos_id, unk_id, pad_id: the BOS/EOS/unknown/padding token ids, ``None`` when
+            there is none.
         eos_ids: every id that ends generation: ``eos_id`` and every ``eos_token_id`` of
             ``generation_config.json`` and ``config.json``.
         add_bos: whether :meth:`encode` adds BOS by default (decided as transformers does; see
@@ -152,6 +154,8 @@ class Tokenizer:
     vocab_size: int
     bos_id: int | None = None
     eos_id: int | None = None
+    unk_id: int | None = None
+    pad_id: int | None = None
     eos_ids: list[int]
     add_bos: bool = False
 
@@ -215,6 +219,16 @@ class Tokenizer:
     def special_ids(self) -> list[int]:
         """Ids of every control/special token, ascending."""
         return [i for i in range(self.vocab_size) if self.token_kind(i) in ("control", "special")]
+
+    def kind_counts(self) -> dict[str, int]:
+        """How many ids of the vocabulary have each :meth:`token_kind` (kinds the tokenizer may
+        split further, e.g. sentencepiece's ``user_defined`` and ``unused``)."""
+        counts = {"normal": 0, "control" if self.kind == "sentencepiece" else "special": 0,
+                  "byte": 0, "unknown": 0}
+        for i in range(self.vocab_size):
+            kind = self.token_kind(i)
+            counts[kind] = counts.get(kind, 0) + 1
+        return counts
 
     def stream(self, skip_special: bool = True) -> StreamDecoder:
         """A new :class:`StreamDecoder` for this tokenizer."""

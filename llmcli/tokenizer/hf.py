@@ -98,12 +98,14 @@ class HFTokenizer(Tokenizer):
         self._special = {i for i, t in added.items() if t.special}
         self._added = set(added)
         unk = getattr(tk.model, "unk_token", None)
-        self._unk_id = tk.token_to_id(unk) if isinstance(unk, str) else None
-        if self._unk_id is None and type(tk.model).__name__ == "Unigram":
-            self._unk_id = getattr(tk.model, "unk_id", None)
+        self.unk_id = tk.token_to_id(unk) if isinstance(unk, str) else None
+        if self.unk_id is None and type(tk.model).__name__ == "Unigram":
+            self.unk_id = getattr(tk.model, "unk_id", None)
         special = special or SpecialTokensConfig()
-        if self._unk_id is None and isinstance(special.unk_token, str):
-            self._unk_id = tk.token_to_id(special.unk_token)  # transformers' unk_token_id
+        if self.unk_id is None and isinstance(special.unk_token, str):
+            self.unk_id = tk.token_to_id(special.unk_token)  # transformers' unk_token_id
+        if isinstance(special.pad_token, str):
+            self.pad_id = tk.token_to_id(special.pad_token)
         self._byte_fallback = bool(getattr(tk.model, "byte_fallback", False))
         try:
             dec_state = json.loads(tk.decoder.__getstate__()) if tk.decoder is not None else None
@@ -172,7 +174,7 @@ class HFTokenizer(Tokenizer):
         cached = self._bytes_cache.get(token_id)
         if cached is not None:
             return cached
-        if token_id in self._special or token_id == self._unk_id:
+        if token_id in self._special or token_id == self.unk_id:
             out = b""
         else:
             piece = self.piece(token_id)
@@ -198,7 +200,7 @@ class HFTokenizer(Tokenizer):
         """``unknown`` (the model's unk token), ``special`` (a special added token), ``byte``
         (a ``<0xNN>`` byte-fallback piece) or ``normal``."""
         token_id = int(token_id)
-        if token_id == self._unk_id:
+        if token_id == self.unk_id:
             return "unknown"
         if token_id in self._special:
             return "special"

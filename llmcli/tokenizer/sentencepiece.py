@@ -26,7 +26,7 @@ class SentencePieceTokenizer(Tokenizer):
     there is a BOS piece. ``eos_ids`` adds the ``eos_token_id`` of ``generation_config.json``
     and ``config.json``.
 
-    Extra, sentencepiece-only members: ``sp`` (the ``SentencePieceProcessor``), ``unk_id``,
+    Extra, sentencepiece-only members: ``sp`` (the ``SentencePieceProcessor``),
     :meth:`is_byte`, :meth:`is_control`, :meth:`is_unknown`.
 
     Raises:
@@ -50,7 +50,8 @@ class SentencePieceTokenizer(Tokenizer):
         bos, eos, unk = self.sp.bos_id(), self.sp.eos_id(), self.sp.unk_id()
         self.bos_id = bos if bos >= 0 else None
         self.eos_id = eos if eos >= 0 else None
-        self.unk_id: int = unk
+        self.unk_id = unk if unk >= 0 else None
+        self.pad_id: int | None = self.sp.pad_id() if self.sp.pad_id() >= 0 else None
         self.add_bos = self.bos_id is not None
         if special is not None and special.add_bos_token is not None:
             self.add_bos = special.add_bos_token and self.bos_id is not None
@@ -118,6 +119,30 @@ class SentencePieceTokenizer(Tokenizer):
             return self.sp.normalize(text)
         except (AttributeError, RuntimeError, TypeError):
             return ""
+
+    def kind_counts(self) -> dict[str, int]:
+        """Pieces by sentencepiece type: ``normal``, ``control``, ``byte``, ``unknown``,
+        ``user_defined``, ``unused``."""
+        sp = self.sp
+        counts = {"normal": 0, "control": 0, "byte": 0, "unknown": 0, "user_defined": 0, "unused": 0}
+        for i in range(self.vocab_size):
+            if sp.is_control(i):
+                counts["control"] += 1
+            elif sp.is_unknown(i):
+                counts["unknown"] += 1
+            elif sp.is_byte(i):
+                counts["byte"] += 1
+            elif sp.is_unused(i):
+                counts["unused"] += 1
+            elif hasattr(sp, "IsUserDefined") and sp.IsUserDefined(i):
+                counts["user_defined"] += 1
+            else:
+                counts["normal"] += 1
+        return counts
+
+    def special_ids(self) -> list[int]:
+        """Ids of the control pieces (BOS, EOS), ascending."""
+        return [i for i in range(self.vocab_size) if self.sp.is_control(i)]
 
     # -- sentencepiece-only -----------------------------------------------------------------
 
