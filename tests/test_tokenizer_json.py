@@ -530,3 +530,65 @@ def test_cli_tokenizer_only_directory_never_imports_torch(tokonly):
 def test_cli_model_commands_need_config(cli, tokonly):
     code, _, err = cli("logits", "-m", tokonly, "hi")
     assert code == 1 and "config.json" in err and len(err.strip().splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------- a model with a tokenizer.json
+@pytest.fixture(scope="module")
+def bpe_model(tmp_path_factory):
+    """A random tiny Llama whose directory holds a byte-level BPE tokenizer.json trained here
+    (GPT-2 style: ByteLevel pre-tokenizer and decoder, 400 ids, two special tokens) →
+    ``(model_dir, hf_model)``."""
+    pytest.importorskip("transformers")
+    from tokenizers import Tokenizer as RustTokenizer, decoders, models, pre_tokenizers, trainers
+
+    from conftest import make_checkpoint
+
+    rust = RustTokenizer(models.BPE())
+    rust.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    rust.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    corpus = ["Once upon a time there was a little girl named Lily. 🦙 世界", "def f(x):\n\treturn x"]
+    rust.train_from_iterator(corpus * 50, trainer=trainer)
+    model_dir, hf_model = make_checkpoint(tmp_path_factory.mktemp("bpe"), vocab_size=rust.get_vocab_size(),
+                                          bos_token_id=None, eos_token_id=0)
+    rust.save(str(model_dir / "tokenizer.json"))
+    (model_dir / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": None,
+         "eos_token": "<|endoftext|>", "clean_up_tokenization_spaces": False}))
+    return model_dir, hf_model
+
+
+def _run(*args, cwd):
+    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "NO_COLOR": "1"}
+    return subprocess.run([sys.executable, "-m", "llmcli", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, encoding="utf-8", timeout=180,
+                          stdin=subprocess.DEVNULL)
+
+
+def test_generate_with_a_tokenizer_json_model_equals_transformers(bpe_model, tmp_path):
+    import torch
+
+    model_dir, hf_model = bpe_model
+    hf_tok = _auto(model_dir)
+    prompt = "Once upon a time 🦙"
+    prompt_ids = hf_tok(prompt)["input_ids"]
+    assert prompt_ids == load_tokenizer(model_dir).encode(prompt)
+    proc = _run("generate", "-m", model_dir, prompt, "-n", "24", "--temp", "0", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    ids = [e["id"] for e in events]
+    with torch.no_grad():
+        want = hf_model.generate(torch.tensor([prompt_ids]), max_new_tokens=24, do_sample=False,
+                                 eos_token_id=0, pad_token_id=0)[0, len(prompt_ids):].tolist()
+    assert ids == want[:len(ids)] and (len(ids) == 24 or want[len(ids) - 1] == 0)
+    tok = load_tokenizer(model_dir)
+    assert [e["piece"] for e in events] == [tok.piece(i) for i in ids]
+    assert "".join(e["text"] for e in events) == tok.decode(ids)
+    plain = _run("generate", "-m", model_dir, prompt, "-n", "24", "--temp", "0", cwd=tmp_path)
+    assert plain.returncode == 0 and plain.stdout.rstrip("\n") == tok.decode(ids).rstrip("\n")
+    special = _run("tokenize", "-m", model_dir, "--ids", "--special", "x<|im_end|>", cwd=tmp_path)
+    assert special.stdout.split()[-1] == str(tok.token_to_id("<|im_end|>"))
+    topk = _run("topk", "-m", model_dir, "--special", "--json", "x<|im_end|>", cwd=tmp_path)
+    assert topk.returncode == 0, topk.stderr
+    assert json.loads(topk.stdout)["tokens"][-1]["piece"] == "<|im_end|>"
