@@ -162,8 +162,8 @@ def tokenize_command(
 
     JSON (--json): {"tokens": [{"position", "id", "piece", "bytes", "hex", "kind"}], "count",
     "ids", "characters", "utf8_bytes", "context_length", "roundtrip": {"ok", "decoded",
-    "normalized", "notes"}}; a token's "bytes" is a list of ints (0-255) and "hex" the same
-    bytes as a hex string.
+    "normalized", "notes"}, "tokenizer" (its kind), "special"}; a token's "bytes" is a list
+    of ints (0-255) and "hex" the same bytes as a hex string.
 
     Examples:
 
