@@ -181,12 +181,12 @@ def main() -> None:
     args = parser.parse_args()
 
     from llmcli.paths import default_model_dir
-    from llmcli.tokenizer import Tokenizer
+    from llmcli.tokenizer import load_tokenizer
     from llmcli.weights import load_model
 
     model_dir = args.model or default_model_dir()
     model, config = load_model(model_dir)
-    tokenizer = Tokenizer(model_dir / "tokenizer.model")
+    tokenizer = load_tokenizer(model_dir)
     hf_model = load_transformers(model_dir)
     general_model = None
     if args.general_path:
