@@ -476,6 +476,10 @@ def _info_sections(info) -> list[tuple[str, list[tuple[str, str]]]]:
              ("vocab size", str(d["vocab_size"])),
              ("tied embeddings", "yes" if d["tie_word_embeddings"] else "no"),
              ("storage dtype", str(d["storage_dtype"]))]
+    if getattr(info, "source", None):
+        types = ", ".join(f"{ty} × {n}" for ty, n in sorted(info.source["types"].items(),
+                                                          key=lambda kv: (-kv[1], kv[0])))
+        model.append(("converted from", f"{info.source['format']}: {types} (column 'from' below)"))
     params = [("total", _n(p["total"])), ("embedding", _n(p["embedding"])),
               ("lm_head", "tied to the embedding" if p["lm_head_tied"] else _n(p["lm_head"])),
               ("per block", per_s),
@@ -511,9 +515,11 @@ def info_plain(info) -> str:
         out.extend(f"{k.ljust(width)}  {v}" for k, v in rows)
         out.append("")
     out.append("[tensors]")
-    out.append(plain_table(["name", "shape", "dtype", "parameters", "bytes"],
+    src = any(t.source_type for t in info.tensors)
+    out.append(plain_table(["name", "shape", "dtype", "parameters", "bytes"] + (["from"] if src else []),
                            ([t.name, "×".join(map(str, t.shape)) or "scalar", t.dtype, _n(t.numel), _n(t.nbytes)]
-                            for t in info.tensors), right=(3, 4)).rstrip("\n"))
+                            + ([t.source_type or "-"] if src else []) for t in info.tensors),
+                           right=(3, 4)).rstrip("\n"))
     out.append("")
     out.append("[files]")
     out.extend(f"{f['name']}  {_n(f['bytes'])} bytes" for f in info.files)
@@ -533,9 +539,12 @@ def info_rich(info, con) -> None:
         con.rule(f"[bold]{title}", align="left")
         con.print(grid)
     con.rule("[bold]tensors", align="left")
-    t = _table(("name", "left"), ("shape", "left"), ("dtype", "left"), ("parameters", "right"), ("bytes", "right"))
+    src = any(x.source_type for x in info.tensors)
+    t = _table(("name", "left"), ("shape", "left"), ("dtype", "left"), ("parameters", "right"), ("bytes", "right"),
+               *([("from", "left")] if src else []))
     for x in info.tensors:
-        t.add_row(x.name, "×".join(map(str, x.shape)) or "scalar", x.dtype, _n(x.numel), _n(x.nbytes))
+        t.add_row(x.name, "×".join(map(str, x.shape)) or "scalar", x.dtype, _n(x.numel), _n(x.nbytes),
+                  *([x.source_type or "-"] if src else []))
     con.print(t)
     con.rule("[bold]files", align="left")
     for f in info.files:

@@ -545,10 +545,14 @@ def _bad_inputs(tmp: Path, sp_bpe: Path) -> dict:
     (tmp / "v1.gguf").write_bytes(bytes(g1))
     cases["gguf version 1"] = ([], tmp / "v1.gguf", 1, "GGUF version 1")
     cases["gguf arch"] = ([], write_gguf(tmp / "qwen.gguf", w, sp_bpe, arch="qwen2"), 1, "'qwen2'")
-    cases["gguf Q4_0"] = ([], write_gguf(tmp / "q4.gguf", w, sp_bpe, qtype=gguf.GGMLQuantizationType.Q4_0),
-                          1, "Q4_0")
-    cases["gguf gpt2 tokenizer"] = ([], write_gguf(tmp / "gpt2.gguf", w, sp_bpe, tokenizer_model="gpt2"), 1,
-                                    "'gpt2'")
+    cases["gguf MXFP4"] = ([], write_gguf(tmp / "mxfp4.gguf", w, sp_bpe, qtype=gguf.GGMLQuantizationType.MXFP4),
+                           1, "MXFP4")
+    cases["gguf gpt2 tokenizer without merges"] = (
+        [], write_gguf(tmp / "gpt2.gguf", w, sp_bpe, tokenizer_model="gpt2"), 1, "tokenizer.ggml.merges")
+    cases["gguf t5 tokenizer"] = ([], write_gguf(tmp / "t5.gguf", w, sp_bpe, tokenizer_model="t5"), 1, "'t5'")
+    cases["gguf unknown pre-tokenizer"] = ([], write_gguf(
+        tmp / "pre.gguf", w, sp_bpe, tokenizer_model="gpt2", extra=lambda wr: (
+            wr.add_tokenizer_pre("no-such-pre"), wr.add_token_merges(["a b"]))), 1, "'no-such-pre'")
     cases["gguf no tokenizer"] = ([], write_gguf(tmp / "notok.gguf", w, None), 1, "--tokenizer")
     cases["gguf split"] = ([], write_gguf(tmp / "split.gguf", w, sp_bpe, extra=lambda wr: wr.add_uint16(
         "split.count", 2)), 1, "split GGUF")

@@ -11,6 +11,7 @@ Nothing here unpickles: PyTorch ``.pt``/``.pth``/pickle ``.bin`` files are refus
 from __future__ import annotations
 
 import hashlib
+import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,14 +172,15 @@ def convert(src: Path | str, out_dir: Path | str, *, source_format: str | None =
     except OSError as exc:
         raise LLMCLIError(f"{src}: cannot read ({exc.strerror or exc})") from None
 
-    vocab = ckpt.config.vocab_size
     if tok_data is not None:
-        if tok_size != vocab:
+        if ckpt.config is not None and tok_size != ckpt.config.vocab_size:
             raise LLMCLIError(f"{tokenizer}: tokenizer has {tok_size} pieces but the model's "
-                              f"vocab_size is {vocab}; pass the tokenizer the model was trained with")
+                              f"vocab_size is {ckpt.config.vocab_size}; pass the tokenizer the model "
+                              "was trained with")
+        tok_files = {"tokenizer.model": tok_data}
         tok_note = f"tokenizer.model is a copy of {Path(tokenizer).name} (sha256 {hashlib.sha256(tok_data).hexdigest()})."
-    elif ckpt.tokenizer_model is not None:
-        tok_data, tok_note = ckpt.tokenizer_model, None
+    elif ckpt.tokenizer_files:
+        tok_files, tok_note = ckpt.tokenizer_files, None
     else:
         what = "llama2.c checkpoints carry" if fmt == "llama2c" else "this GGUF file carries"
         raise LLMCLIError(f"{src}: {what} no tokenizer; pass the sentencepiece model the model was "
@@ -186,30 +188,37 @@ def convert(src: Path | str, out_dir: Path | str, *, source_format: str | None =
     if fmt == "llama2c" and tokenizer is not None:
         _adopt_special_ids(ckpt, tok_data)
 
-    shapes = expected_shapes(ckpt.config)
-    for name, shape in shapes.items():
-        if name not in ckpt.tensors:
-            raise LLMCLIError(f"{src}: tensor {name} {list(shape)} is missing")
-        if ckpt.tensors[name].shape != shape:
-            raise LLMCLIError(f"{src}: tensor for {name} has shape {list(ckpt.tensors[name].shape)}, "
-                              f"expected {list(shape)} from the metadata")
-    extra = sorted(set(ckpt.tensors) - set(shapes))
-    if extra:
-        raise LLMCLIError(f"{src}: unexpected tensor(s) {', '.join(extra)}")
+    if ckpt.config is not None:
+        shapes = expected_shapes(ckpt.config)
+        for name, shape in shapes.items():
+            if name not in ckpt.tensors:
+                raise LLMCLIError(f"{src}: tensor {name} {list(shape)} is missing")
+            if ckpt.tensors[name].shape != shape:
+                raise LLMCLIError(f"{src}: tensor for {name} has shape {list(ckpt.tensors[name].shape)}, "
+                                  f"expected {list(shape)} from the metadata")
+        extra = sorted(set(ckpt.tensors) - set(shapes))
+        if extra:
+            raise LLMCLIError(f"{src}: unexpected tensor(s) {', '.join(extra)}")
 
     out_dtype = ckpt.default_dtype if dtype == "auto" else dtype
     digest = sha256_file(src, on_progress)
     notes = list(ckpt.notes) + ([tok_note] if tok_note else [])
     readme = _readme(src, out_dir, ckpt, digest, out_dtype, notes, command, __version__)
-    write_model_dir(ckpt, out_dir, dtype=out_dtype, tokenizer_model=tok_data, readme=readme,
-                    force=force, on_progress=on_progress, inputs=[src])
+    metadata = None
+    if ckpt.sources:  # where each tensor came from, for `llmcli info` (safetensors metadata: strings)
+        metadata = {"source_format": ckpt.format,
+                    "gguf_tensor_types": json.dumps({k: v["type"] for k, v in ckpt.sources.items()},
+                                                    separators=(",", ":"))}
+    write_model_dir(ckpt, out_dir, dtype=out_dtype, tokenizer_files=tok_files, readme=readme,
+                    force=force, on_progress=on_progress, inputs=[src], metadata=metadata)
     n_params = 0
     for t in ckpt.tensors.values():
         n = 1
         for d in t.shape:
             n *= d
         n_params += n
-    return ConvertResult(out_dir, ckpt.format, out_dtype, len(ckpt.tensors), n_params, notes)
+    return ConvertResult(out_dir, ckpt.format, out_dtype if ckpt.config is not None else "tokenizer only",
+                         len(ckpt.tensors), n_params, notes)
 
 
 def _adopt_special_ids(ckpt: Checkpoint, tok_data: bytes) -> None:
@@ -227,9 +236,6 @@ def _adopt_special_ids(ckpt: Checkpoint, tok_data: bytes) -> None:
 def _readme(src: Path, out_dir: Path, ckpt: Checkpoint, digest: str, dtype: str,
             notes: list[str], command: str | None, version: str) -> str:
     cfg = ckpt.config
-    permuted = ("q_proj and k_proj rows were permuted per head from interleaved-pair RoPE "
-                "(llama2.c / Meta / llama.cpp layout) to Hugging Face's rotate-half layout "
-                f"({cfg.num_attention_heads} query heads, {cfg.num_key_value_heads} key/value heads).")
     lines = [
         f"# {out_dir.name}",
         "",
@@ -241,15 +247,39 @@ def _readme(src: Path, out_dir: Path, ckpt: Checkpoint, digest: str, dtype: str,
         f"| Source size | {src.stat().st_size} bytes |",
         f"| Source sha256 | `{digest}` |",
         f"| Source format | {ckpt.format} |",
-        f"| Weights | `model.safetensors`, {dtype} |",
-        f"| Shape | {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, intermediate "
-        f"{cfg.intermediate_size}, {cfg.num_attention_heads} heads ({cfg.num_key_value_heads} KV), "
-        f"vocab {cfg.vocab_size}, context {cfg.max_position_embeddings} |",
     ]
+    files = ", ".join(f"`{name}`" for name in sorted(ckpt.tokenizer_files or {"tokenizer.model": b""}))
+    if cfg is None:
+        lines.append(f"| Contents | the tokenizer only ({files}); the source has no weights |")
+    else:
+        lines += [
+            f"| Weights | `model.safetensors`, {dtype} |",
+            f"| Shape | {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, intermediate "
+            f"{cfg.intermediate_size}, {cfg.num_attention_heads} heads ({cfg.num_key_value_heads} KV), "
+            f"vocab {cfg.vocab_size}, context {cfg.max_position_embeddings} |",
+            f"| Tokenizer | {files} |",
+        ]
+        if ckpt.sources:
+            counts: dict[str, int] = {}
+            for source in ckpt.sources.values():
+                counts[source["type"]] = counts.get(source["type"], 0) + 1
+            lines.append("| Source tensor types | " + ", ".join(
+                f"{ty} × {n}" for ty, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))) + " |")
     if command:
         lines.append(f"| Command | `{command}` |")
-    lines += ["", "## Conversion", "", f"- {permuted}"]
+    lines += ["", "## Conversion", ""]
+    if cfg is not None:
+        lines.append("- q_proj and k_proj rows were permuted per head from interleaved-pair RoPE "
+                     "(llama2.c / Meta / llama.cpp layout) to Hugging Face's rotate-half layout "
+                     f"({cfg.num_attention_heads} query heads, {cfg.num_key_value_heads} key/value heads).")
     lines += [f"- {note}" for note in notes]
-    lines.append("- Tensors were renamed to Hugging Face Llama names; the result loads with "
-                 "`llmcli` and with transformers' `LlamaForCausalLM.from_pretrained`.")
+    if cfg is not None:
+        lines.append("- Tensors were renamed to Hugging Face Llama names; the result loads with "
+                     "`llmcli` and with transformers' `LlamaForCausalLM.from_pretrained`.")
+    if ckpt.sources:
+        lines += ["", "## Source tensors", "",
+                  "Each tensor's name and type in the GGUF file (also in `model.safetensors`' "
+                  "metadata, `gguf_tensor_types`, which `llmcli info` shows).", "",
+                  "| tensor | GGUF tensor | GGUF type |", "|---|---|---|"]
+        lines += [f"| `{name}` | `{s['gguf_name']}` | {s['type']} |" for name, s in ckpt.sources.items()]
     return "\n".join(lines) + "\n"

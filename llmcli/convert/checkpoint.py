@@ -36,23 +36,35 @@ class LazyTensor:
 class Checkpoint:
     """A model read from a foreign file, in Hugging Face terms.
 
-    config: the :class:`~llmcli.config.LlamaConfig` to write as ``config.json``.
+    config: the :class:`~llmcli.config.LlamaConfig` to write as ``config.json``; ``None``
+        for a vocabulary-only GGUF (then ``tensors`` is empty and only tokenizer files are
+        written).
     tensors: HF parameter name → :class:`LazyTensor`; ``lm_head.weight`` is absent when
         ``config.tie_word_embeddings``.
     format: a human description of the source format, e.g. ``"llama2.c version 1"``.
     default_dtype: the output dtype ``--dtype auto`` means (``"float32"``, ``"float16"`` or
         ``"bfloat16"``).
-    tokenizer_model: a serialized sentencepiece ``ModelProto`` built from a vocabulary
-        embedded in the file (GGUF), or ``None`` when the file has none (llama2.c).
+    tokenizer_files: file name → bytes of the tokenizer rebuilt from a vocabulary embedded in
+        the file (GGUF: ``tokenizer.model`` or ``tokenizer.json``, and
+        ``tokenizer_config.json``), or ``None`` when the file has none (llama2.c).
     notes: sentences for the output's README.md (what was read, assumed or changed).
+    sources: HF parameter name → where it came from in the source file (GGUF:
+        ``{"gguf_name", "type", "shape", "bytes"}``, ``type`` being the ggml type such as
+        ``"Q4_K"``); empty for llama2.c.
     """
 
-    config: "LlamaConfig"
+    config: "LlamaConfig | None"
     tensors: dict[str, LazyTensor]
     format: str
     default_dtype: str = "float32"
-    tokenizer_model: bytes | None = None
+    tokenizer_files: dict[str, bytes] | None = None
     notes: list[str] = field(default_factory=list)
+    sources: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def tokenizer_model(self) -> bytes | None:
+        """The sentencepiece ``tokenizer.model`` among :attr:`tokenizer_files`, if any."""
+        return (self.tokenizer_files or {}).get("tokenizer.model")
 
 
 def interleaved_to_half(w: "torch.Tensor", n_heads: int) -> "torch.Tensor":

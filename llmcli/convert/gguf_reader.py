@@ -1,4 +1,12 @@
-"""Read GGUF files (versions 2 and 3) of the ``llama`` architecture with the ``gguf`` package.
+"""Read GGUF files (versions 2 and 3) with the ``gguf`` package: ``llama``-architecture models,
+or vocabulary-only files of any architecture.
+
+Reader: ``gguf.GGUFReader`` (ggml-org's own, on PyPI, numpy memory maps) for metadata and
+tensor data, and ``gguf.quants.dequantize`` for every quantized type. It was kept over a
+hand-written reader because it is the reference implementation of the format and of each
+type's block layout; its one measured cost is opening files with big vocabularies (it makes a
+numpy view per string: about 3 s for SmolLM2's 49k tokens and 49k merges, 10 s for Llama 3's
+128k tokens and 280k merges on the development machine), which is small next to a conversion.
 
 Format reference: the GGUF specification (ggml ``docs/gguf.md``) and llama.cpp's
 ``convert_hf_to_gguf.py``. What matters here:
@@ -8,9 +16,15 @@ Format reference: the GGUF specification (ggml ``docs/gguf.md``) and llama.cpp's
   ``ne = [D, V]`` arrives as ``(V, D)`` = Hugging Face ``(out_features, in_features)``.
 * llama.cpp's converter permutes q and k rows from HF rotate-half into interleaved pairs
   (``LlamaModel.permute``); :func:`~llmcli.convert.checkpoint.interleaved_to_half` undoes it.
-* Supported tensor types: F32, F16, BF16 and Q8_0 (dequantised with ``gguf.quants``).
-* The vocabulary (``tokenizer.ggml.*``) of a ``"llama"`` (sentencepiece) tokenizer becomes a
-  ``tokenizer.model`` (:mod:`llmcli.convert.sp_model`).
+* Tensor types (:data:`SUPPORTED_TYPES`): F32, F16 and BF16 are copied exactly; every
+  quantized type (Q4_0 ... Q8_0, the K-quants Q2_K ... Q6_K, the IQ and TQ types) is expanded
+  to float32 by ``gguf.quants.dequantize`` (each block's scale times its integers, as ggml's
+  ``dequantize_row_*``), then cast to the output dtype. The type of every tensor is recorded
+  (:attr:`Checkpoint.sources`, written as ``gguf_source.json``).
+* The vocabulary (``tokenizer.ggml.*``) becomes Hugging Face tokenizer files
+  (:mod:`llmcli.convert.gguf_vocab`): ``tokenizer.model`` for ``llama`` (sentencepiece),
+  ``tokenizer.json`` for ``gpt2`` (byte-level BPE) and ``bert`` (WordPiece), and
+  ``tokenizer_config.json`` with the chat template.
 """
 
 from __future__ import annotations
@@ -25,7 +39,11 @@ from llmcli.errors import LLMCLIError
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
-SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0")
+#: Tensor types converted: copied (F32, F16, BF16) or dequantized with ``gguf.quants``.
+SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K",
+                   "Q4_K", "Q5_K", "Q6_K", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S",
+                   "IQ1_S", "IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0")
+_EXACT_TYPES = ("F32", "F16", "BF16")
 
 #: GGUF tensor name (``{i}`` = layer) → (Hugging Face name, RoPE permutation: "q", "k" or None).
 _LAYER_NAMES = {
@@ -78,27 +96,34 @@ def _scalar(part, kind) -> Any:
 
 
 def read_gguf(path: Path, build_tokenizer: bool = True) -> Checkpoint:
-    """Read a llama-architecture GGUF file → :class:`Checkpoint` (tensors lazily dequantised).
+    """Read a GGUF file → :class:`Checkpoint` (tensors lazily dequantised).
 
-    Config from metadata: ``llama.embedding_length`` → hidden_size, ``feed_forward_length`` →
-    intermediate_size, ``block_count`` → num_hidden_layers, ``attention.head_count`` /
-    ``head_count_kv`` → heads, ``attention.layer_norm_rms_epsilon`` → rms_norm_eps,
-    ``rope.freq_base`` → rope_theta (10000 when absent), ``context_length`` →
-    max_position_embeddings, ``rope.scaling.type`` ``linear`` → rope_scaling; vocab size from
-    ``tokenizer.ggml.tokens`` (else ``llama.vocab_size``, else ``token_embd``). ``output``
-    absent means tied embeddings. BOS/EOS from ``tokenizer.ggml.bos/eos_token_id``.
+    A file with tensors must be of the ``llama`` architecture. Config from metadata:
+    ``llama.embedding_length`` → hidden_size, ``feed_forward_length`` → intermediate_size,
+    ``block_count`` → num_hidden_layers, ``attention.head_count`` / ``head_count_kv`` →
+    heads, ``attention.layer_norm_rms_epsilon`` → rms_norm_eps, ``rope.freq_base`` →
+    rope_theta (10000 when absent), ``context_length`` → max_position_embeddings,
+    ``rope.scaling.type`` ``linear`` → rope_scaling; vocab size from ``tokenizer.ggml.tokens``
+    (else ``llama.vocab_size``, else ``token_embd``). ``output`` absent means tied embeddings.
+    BOS/EOS from the vocabulary's special ids (EOS: ``eos``, then ``eot``/``eom`` when set).
+
+    A file without tensors (a vocabulary-only GGUF, such as llama.cpp's tokenizer tests) of
+    any architecture gives a Checkpoint with ``config=None`` and no tensors: only its
+    tokenizer is converted.
+
     With ``build_tokenizer`` (default) the embedded vocabulary becomes
-    ``Checkpoint.tokenizer_model``; pass False when the caller brings its own tokenizer.
+    ``Checkpoint.tokenizer_files`` (:func:`~llmcli.convert.gguf_vocab.build_vocab`); pass False
+    when the caller brings its own tokenizer.
 
     ``--dtype auto`` for the result: float32, float16 or bfloat16 when every matrix has that
-    type (F32, F16, BF16), else float32 (Q8_0 or mixed).
+    type (F32, F16, BF16), else float32 (any quantized type, or mixed).
 
     Raises:
         LLMCLIError: wrong magic, unsupported version, truncated or corrupt file, an
             architecture other than ``llama``, an unsupported tensor type (named), missing or
             unexpected tensors, metadata that does not match the tensors, RoPE features
             llmcli lacks (partial rotary, YaRN, per-frequency factors), mixture of experts, or
-            a vocabulary that cannot become a sentencepiece model (see ``sp_model``).
+            a vocabulary that cannot be rebuilt (see :mod:`~llmcli.convert.gguf_vocab`).
     """
     path = Path(path)
     size = path.stat().st_size
@@ -120,7 +145,19 @@ def read_gguf(path: Path, build_tokenizer: bool = True) -> Checkpoint:
     if (meta.get("split.count") or 1) > 1:
         raise LLMCLIError(f"{path}: is one part of a split GGUF ({meta['split.count']} files); merge "
                           "them first with llama.cpp's llama-gguf-split --merge")
+    name = meta.get("general.name")
+    fmt = f"GGUF version {version}" + (f" (general.name {name!r})" if name else "")
     arch = meta.get("general.architecture")
+    notes: list[str] = []
+    if not reader.tensors:  # vocabulary only
+        if not build_tokenizer:
+            raise LLMCLIError(f"{path}: has no tensors; there is nothing to convert but its "
+                              "vocabulary, and --tokenizer replaces that")
+        vocab = _vocab(path, meta, notes, None)
+        notes.insert(0, f"The file has no tensors (a vocabulary-only GGUF, architecture {arch!r}): "
+                        "only the tokenizer was converted.")
+        return Checkpoint(config=None, tensors={}, format=fmt, tokenizer_files=vocab.files,
+                          notes=notes)
     if arch != "llama":
         raise LLMCLIError(f"{path}: GGUF architecture {arch!r} is not supported "
                           "(llmcli converts 'llama' only)")
@@ -129,34 +166,40 @@ def read_gguf(path: Path, build_tokenizer: bool = True) -> Checkpoint:
             raise LLMCLIError(f"{path}: truncated GGUF file: tensor {t.name} ends at byte "
                               f"{t.data_offset + t.n_bytes}, the file has {size}")
     types = {t.name: t.tensor_type.name for t in reader.tensors}
-    bad = {name: ty for name, ty in types.items() if ty not in SUPPORTED_TYPES}
+    bad = {tname: ty for tname, ty in types.items() if ty not in SUPPORTED_TYPES}
     if bad:
-        name, ty = next(iter(bad.items()))
+        tname, ty = next(iter(bad.items()))
         kinds = ", ".join(sorted(set(bad.values())))
-        raise LLMCLIError(f"{path}: tensor type {kinds} is not supported (e.g. {name} is {ty}); "
-                          f"llmcli converts {', '.join(SUPPORTED_TYPES)} GGUF tensors only")
+        raise LLMCLIError(f"{path}: tensor type {kinds} is not supported (e.g. {tname} is {ty}); "
+                          f"llmcli converts {', '.join(SUPPORTED_TYPES)}")
 
     if getattr(reader, "byte_order", "I") == "S" and set(types.values()) - {"F32", "F16"}:
         raise LLMCLIError(f"{path}: big-endian GGUF files are supported with F32 and F16 tensors only")
-    notes: list[str] = []
-    config = _config(path, meta, reader, notes)
-    tensors = _tensors(path, reader, config)
+    vocab = None
+    if build_tokenizer and ("tokenizer.ggml.model" in meta or "tokenizer.ggml.tokens" in meta):
+        vocab = _vocab(path, meta, notes, meta.get("llama.context_length"))
+    config = _config(path, meta, reader, notes, vocab)
+    tensors, sources = _tensors(path, reader, config)
     matrix_types = {types[t.name] for t in reader.tensors if len(t.shape) > 1}
     default = {frozenset({"F32"}): "float32", frozenset({"F16"}): "float16",
                frozenset({"BF16"}): "bfloat16"}.get(frozenset(matrix_types), "float32")
-    counts = {}
+    counts: dict[str, int] = {}
     for ty in types.values():
         counts[ty] = counts.get(ty, 0) + 1
+    quantized = sorted(set(counts) - set(_EXACT_TYPES))
     notes.insert(0, "Tensor types in the file: " + ", ".join(f"{n} × {ty}" for ty, n in sorted(counts.items()))
-                 + (" (Q8_0 dequantised with gguf.quants)" if "Q8_0" in counts else "") + ".")
-
-    tokenizer_model = None
-    if build_tokenizer and ("tokenizer.ggml.model" in meta or "tokenizer.ggml.tokens" in meta):
-        tokenizer_model = _tokenizer(path, meta, notes)
-    name = meta.get("general.name")
-    fmt = f"GGUF version {version}" + (f" (general.name {name!r})" if name else "")
+                 + (f" ({', '.join(quantized)} dequantized to float32 with gguf.quants.dequantize; "
+                    "gguf_source.json lists each tensor's type)" if quantized else "") + ".")
     return Checkpoint(config=config, tensors=tensors, format=fmt, default_dtype=default,
-                      tokenizer_model=tokenizer_model, notes=notes)
+                      tokenizer_files=vocab.files if vocab else None, notes=notes, sources=sources)
+
+
+def _vocab(path: Path, meta: dict[str, Any], notes: list[str], context: int | None):
+    from llmcli.convert.gguf_vocab import build_vocab
+
+    vocab = build_vocab(path, meta, context)
+    notes.extend(vocab.notes)
+    return vocab
 
 
 def _open_reader(path: Path):
@@ -175,7 +218,7 @@ def _field(path: Path, name: str, field) -> Any:
         raise LLMCLIError(f"{path}: cannot read GGUF metadata {name} ({exc})") from None
 
 
-def _config(path: Path, meta: dict[str, Any], reader, notes: list[str]):
+def _config(path: Path, meta: dict[str, Any], reader, notes: list[str], vocab_files=None):
     from llmcli.config import LlamaConfig
 
     def get(key: str, default: Any = None, required: bool = False) -> Any:
@@ -240,8 +283,13 @@ def _config(path: Path, meta: dict[str, Any], reader, notes: list[str]):
     if any(t.name == "rope_freqs.weight" for t in reader.tensors):
         raise LLMCLIError(f"{path}: per-frequency RoPE factors (tensor rope_freqs.weight, Llama 3.1 "
                           "style) are not supported")
-    bos = meta.get("tokenizer.ggml.bos_token_id", 1)
-    eos = meta.get("tokenizer.ggml.eos_token_id", 2)
+    if vocab_files is not None:  # the ids the tokenizer rebuild settled on (llama.cpp's rules)
+        bos = -1 if vocab_files.bos_token_id is None else vocab_files.bos_token_id
+        eos_ids = vocab_files.eos_token_ids
+    else:
+        bos = meta.get("tokenizer.ggml.bos_token_id", 1)
+        eos = meta.get("tokenizer.ggml.eos_token_id", 2)
+        eos_ids = [eos]
     try:
         return LlamaConfig(
             vocab_size=vocab, hidden_size=D, intermediate_size=get("feed_forward_length", required=True),
@@ -250,13 +298,15 @@ def _config(path: Path, meta: dict[str, Any], reader, notes: list[str]):
             rms_norm_eps=float(eps), rope_theta=float(theta), rope_scaling=scaling,
             tie_word_embeddings=not any(t.name == "output.weight" for t in reader.tensors),
             bos_token_id=bos if 0 <= bos < vocab else None,
-            eos_token_id=[eos] if 0 <= eos < vocab else [])
+            eos_token_id=[i for i in eos_ids if 0 <= i < vocab])
     except LLMCLIError as exc:
         raise LLMCLIError(f"{path}: GGUF metadata gives an invalid model: {exc}") from None
 
 
-def _tensors(path: Path, reader, config) -> dict[str, LazyTensor]:
+def _tensors(path: Path, reader, config) -> tuple[dict[str, LazyTensor], dict[str, dict]]:
+    """HF name → LazyTensor, and HF name → ``{"gguf_name", "type", "shape"}`` (the source)."""
     found: dict[str, LazyTensor] = {}
+    sources: dict[str, dict] = {}
     for t in reader.tensors:
         if t.name in _GLOBAL_NAMES:
             hf, rope = _GLOBAL_NAMES[t.name], None
@@ -269,11 +319,13 @@ def _tensors(path: Path, reader, config) -> dict[str, LazyTensor]:
             hf = f"model.layers.{int(m.group(1))}.{base}.weight"
         heads = {"q": config.num_attention_heads, "k": config.num_key_value_heads}.get(rope, 0)
         shape = tuple(int(d) for d in reversed(t.shape.tolist()))
-        found[hf] = LazyTensor(shape, _loader(t, heads), int(t.n_bytes))
-    return found
+        found[hf] = LazyTensor(shape, _loader(path, t, heads), int(t.n_bytes))
+        sources[hf] = {"gguf_name": t.name, "type": t.tensor_type.name, "shape": list(shape),
+                       "bytes": int(t.n_bytes)}
+    return found, sources
 
 
-def _loader(t, rope_heads: int):
+def _loader(path: Path, t, rope_heads: int):
     def load():
         import numpy as np
         import torch
@@ -288,51 +340,14 @@ def _loader(t, rope_heads: int):
         elif kind == GGMLQuantizationType.BF16:  # raw bytes: reinterpret as bfloat16, exactly
             raw = np.array(t.data, dtype=np.uint8).view(np.int16)
             tensor = torch.from_numpy(raw).view(torch.bfloat16)
-        else:  # Q8_0: blocks of 32 int8 values with one float16 scale
-            tensor = torch.from_numpy(np.ascontiguousarray(quants.dequantize(np.asarray(t.data), kind),
-                                                           dtype=np.float32))
+        else:  # blocks of integers with per-block scales → float32 (gguf's numpy dequantizers)
+            values = quants.dequantize(np.asarray(t.data), kind)
+            if not np.isfinite(values).all():
+                bad = int((~np.isfinite(values)).sum())
+                raise LLMCLIError(f"{path}: tensor {t.name} ({kind.name}) dequantizes to {bad} "
+                                  "non-finite values (corrupt scales)")
+            tensor = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
         tensor = tensor.reshape(shape)
         return interleaved_to_half(tensor, rope_heads) if rope_heads else tensor
 
     return load
-
-
-def _tokenizer(path: Path, meta: dict[str, Any], notes: list[str]) -> bytes:
-    from llmcli.convert.sp_model import build_sp_model
-
-    model = meta.get("tokenizer.ggml.model")
-    if model != "llama":
-        kind = {"gpt2": "byte-level BPE (GPT-2 style)", "bert": "WordPiece", "t5": "T5 unigram",
-                "rwkv": "RWKV"}.get(model, "non-sentencepiece")
-        raise LLMCLIError(f"{path}: tokenizer.ggml.model is {model!r} ({kind}); only 'llama' "
-                          "(sentencepiece) vocabularies can be written as tokenizer.model — "
-                          "pass the original with --tokenizer if it is a sentencepiece model")
-    tokens = meta.get("tokenizer.ggml.tokens")
-    if not tokens:
-        raise LLMCLIError(f"{path}: tokenizer.ggml.tokens is missing; pass --tokenizer")
-    n = len(tokens)
-    scores = meta.get("tokenizer.ggml.scores") or [0.0] * n
-    types = meta.get("tokenizer.ggml.token_type") or [1] * n
-    if len(scores) != n or len(types) != n:
-        raise LLMCLIError(f"{path}: tokenizer.ggml.scores/token_type lengths ({len(scores)}, "
-                          f"{len(types)}) differ from the {n} tokens")
-
-    def special(key: str, default: int) -> int:
-        value = meta.get(f"tokenizer.ggml.{key}_token_id", default)
-        return value if 0 <= value < n else -1
-
-    add_prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", True))
-    remove_ws = bool(meta.get("tokenizer.ggml.remove_extra_whitespaces", False))
-    charsmap = meta.get("tokenizer.ggml.precompiled_charsmap")
-    built = build_sp_model(
-        tokens, scores, types, bos_id=special("bos", 1), eos_id=special("eos", 2),
-        unk_id=special("unknown", 0), pad_id=special("padding", -1),
-        add_dummy_prefix=add_prefix, remove_extra_whitespaces=remove_ws,
-        precompiled_charsmap=bytes(charsmap) if charsmap else None, source=str(path))
-    notes.append(
-        f"tokenizer.model was built from the GGUF vocabulary ({n} pieces, sentencepiece "
-        f"{built.model_type} inferred from the scores, byte_fallback {str(built.byte_fallback).lower()}, "
-        f"add_dummy_prefix {str(add_prefix).lower()}, remove_extra_whitespaces {str(remove_ws).lower()}"
-        + ("" if "tokenizer.ggml.remove_extra_whitespaces" in meta else
-           " (not recorded in the file; llama.cpp's behaviour)") + ").")
-    return built.data

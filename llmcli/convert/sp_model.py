@@ -53,8 +53,10 @@ def build_sp_model(tokens: Sequence[str], scores: Sequence[float], types: Sequen
     """Pieces (id order) → a sentencepiece ``ModelProto``, checked by loading it.
 
     ``tokens``, ``scores`` and ``types`` have one entry per id. Type 0 (llama.cpp's
-    "undefined") is written as NORMAL; the piece ``unk_id`` names is made UNKNOWN if no piece
-    is. ``model_type`` defaults to :func:`guess_model_type`. ``allow_whitespace_only_pieces``
+    "undefined") is written as NORMAL. The piece ``unk_id`` names becomes the one UNKNOWN
+    piece (sentencepiece allows exactly one; other UNKNOWN pieces, such as Phi-3's
+    ``[PAD...]`` padding, become UNUSED; without a valid ``unk_id`` the first UNKNOWN piece
+    stays). ``model_type`` defaults to :func:`guess_model_type`. ``allow_whitespace_only_pieces``
     is set when the vocabulary has a piece of two or more ``▁`` (only trainers with that
     option produce them; it changes how runs of spaces are split into words).
 
@@ -67,10 +69,15 @@ def build_sp_model(tokens: Sequence[str], scores: Sequence[float], types: Sequen
 
     n = len(tokens)
     types = [t if t in (NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE) else NORMAL for t in types]
-    if UNKNOWN not in types:
-        if not 0 <= unk_id < n:
-            raise LLMCLIError(f"{source}: the vocabulary has no unknown token, which sentencepiece requires")
-        types[unk_id] = UNKNOWN
+    if 0 <= unk_id < n and types[unk_id] != UNKNOWN:
+        types[unk_id] = UNKNOWN  # e.g. Phi-3 marks <unk> CONTROL
+    unknown = [i for i, t in enumerate(types) if t == UNKNOWN]
+    if not unknown:
+        raise LLMCLIError(f"{source}: the vocabulary has no unknown token, which sentencepiece requires")
+    keep = unk_id if unk_id in unknown else unknown[0]
+    for i in unknown:  # sentencepiece allows one; the rest (padding, e.g. Phi-3's [PAD...]) never encode
+        if i != keep:
+            types[i] = UNUSED
     seen: dict[str, int] = {}
     for i, piece in enumerate(tokens):
         if not piece:

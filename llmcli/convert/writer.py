@@ -22,18 +22,19 @@ Progress = Callable[[str, int, int], None]
 
 
 def write_safetensors(path: Path, ckpt: Checkpoint, dtype: str,
-                      on_progress: Progress | None = None) -> int:
+                      on_progress: Progress | None = None, metadata: dict[str, str] | None = None) -> int:
     """Stream ``ckpt.tensors`` (HF names) into a safetensors file in ``dtype``; return its size.
 
     ``on_progress("converting", done, total)`` is called after each tensor, counting source
-    bytes.
+    bytes. ``metadata`` (strings → strings) joins ``{"format": "pt"}`` in the header's
+    ``__metadata__``.
     """
     import numpy as np
     import torch
 
     tag, itemsize = _ST_DTYPES[dtype]
     torch_dtype = getattr(torch, dtype)
-    header: dict[str, object] = {"__metadata__": {"format": "pt"}}
+    header: dict[str, object] = {"__metadata__": {**(metadata or {}), "format": "pt"}}
     offset = 0
     for name, lazy in ckpt.tensors.items():
         n = 1
@@ -65,11 +66,13 @@ def write_safetensors(path: Path, ckpt: Checkpoint, dtype: str,
     return 8 + len(blob) + offset
 
 
-def write_model_dir(ckpt: Checkpoint, out_dir: Path, *, dtype: str, tokenizer_model: bytes,
+def write_model_dir(ckpt: Checkpoint, out_dir: Path, *, dtype: str, tokenizer_files: dict[str, bytes],
                     readme: str, force: bool = False, on_progress: Progress | None = None,
-                    inputs=()) -> Path:
-    """Write ``config.json``, ``generation_config.json``, ``model.safetensors``,
-    ``tokenizer.model`` and ``README.md`` into ``out_dir``.
+                    inputs=(), metadata: dict[str, str] | None = None) -> Path:
+    """Write ``config.json``, ``generation_config.json``, ``model.safetensors`` (with
+    ``metadata``), the ``tokenizer_files`` (name → bytes: ``tokenizer.model`` or
+    ``tokenizer.json``, ``tokenizer_config.json``) and ``README.md`` into ``out_dir``; for a
+    Checkpoint without a config (a vocabulary-only GGUF) only the tokenizer files and README.md.
 
     Everything goes to a hidden temporary directory beside ``out_dir`` that is renamed into
     place at the end, so an error or interruption leaves no output; an existing directory is
@@ -86,15 +89,18 @@ def write_model_dir(ckpt: Checkpoint, out_dir: Path, *, dtype: str, tokenizer_mo
     out_dir = Path(out_dir)
     try:
         with building_dir(out_dir, None, force, inputs) as tmp:
-            write_safetensors(tmp / "model.safetensors", ckpt, dtype, on_progress)
-            cfg = ckpt.config.to_dict()
-            cfg["torch_dtype"] = dtype
-            (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
-            gen = {"bos_token_id": ckpt.config.bos_token_id}
-            eos = ckpt.config.eos_token_id
-            gen["eos_token_id"] = eos[0] if len(eos) == 1 else eos
-            (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n", encoding="utf-8")
-            (tmp / "tokenizer.model").write_bytes(tokenizer_model)
+            if ckpt.config is not None:
+                write_safetensors(tmp / "model.safetensors", ckpt, dtype, on_progress, metadata)
+                cfg = ckpt.config.to_dict()
+                cfg["torch_dtype"] = dtype
+                (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+                gen = {"bos_token_id": ckpt.config.bos_token_id}
+                eos = ckpt.config.eos_token_id
+                gen["eos_token_id"] = eos[0] if len(eos) == 1 else eos
+                (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n",
+                                                            encoding="utf-8")
+            for name, data in tokenizer_files.items():
+                (tmp / name).write_bytes(data)
             (tmp / "README.md").write_text(readme, encoding="utf-8")
     except OSError as exc:
         raise LLMCLIError(f"{out_dir}: cannot write the converted model ({exc})") from None

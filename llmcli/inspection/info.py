@@ -28,6 +28,9 @@ class TensorInfo:
     dtype: str
     nbytes: int
     file: str
+    #: The tensor's type in the file it was converted from (GGUF: ``"Q4_K"``, ``"F32"``, ...;
+    #: from the safetensors metadata ``gguf_tensor_types`` that ``llmcli convert`` writes), or None.
+    source_type: str | None = None
 
     @property
     def numel(self) -> int:
@@ -38,7 +41,8 @@ class TensorInfo:
 
     def to_dict(self) -> dict:
         return {"name": self.name, "shape": self.shape, "dtype": self.dtype,
-                "numel": self.numel, "bytes": self.nbytes, "file": self.file}
+                "numel": self.numel, "bytes": self.nbytes, "file": self.file,
+                "source_type": self.source_type}
 
 
 @dataclass
@@ -57,13 +61,16 @@ class ModelInfo:
     files: list[dict]                  # [{"name", "bytes"}] of the directory
     tokenizer: dict | None             # vocab_size, special tokens, counts by kind; None if absent
     notes: list[str] = field(default_factory=list)
+    #: where the weights were converted from: {"format", "types": {type: tensor count}}, or None
+    source: dict | None = None
 
     def to_dict(self) -> dict:
         return {"model_dir": self.model_dir, "architecture": self.architecture,
                 "model_type": self.model_type, "config": self.config, "derived": self.derived,
                 "context_length": self.context_length, "parameters": self.parameters,
                 "tensors": [t.to_dict() for t in self.tensors], "weights_bytes": self.weights_bytes,
-                "files": self.files, "tokenizer": self.tokenizer, "notes": self.notes}
+                "files": self.files, "tokenizer": self.tokenizer, "notes": self.notes,
+                "source": self.source}
 
 
 def model_info(model_dir: Path | str) -> ModelInfo:
@@ -83,12 +90,21 @@ def model_info(model_dir: Path | str) -> ModelInfo:
     notes: list[str] = []
 
     tensors: list[TensorInfo] = []
+    source: dict | None = None
     for path in weight_files(model_dir):
-        for name, meta in read_safetensors_header(path).items():
+        header = read_safetensors_header(path)
+        file_source = _conversion_source(path, notes)
+        types = file_source["tensor_types"] if file_source else {}
+        for name, meta in header.items():
             start, end = meta.get("data_offsets", [0, 0])
             tensors.append(TensorInfo(name=name, shape=list(meta.get("shape", [])),
                                       dtype=_DTYPE_NAMES.get(meta.get("dtype"), str(meta.get("dtype"))),
-                                      nbytes=int(end) - int(start), file=path.name))
+                                      nbytes=int(end) - int(start), file=path.name,
+                                      source_type=types.get(name)))
+        if file_source:
+            source = source or {"format": file_source["format"], "types": {}}
+            for ty in types.values():
+                source["types"][ty] = source["types"].get(ty, 0) + 1
     tensors.sort(key=_tensor_sort_key)
     by_name = {t.name: t for t in tensors}
     counted = [t for t in tensors if not t.name.endswith("rotary_emb.inv_freq")]
@@ -134,7 +150,30 @@ def model_info(model_dir: Path | str) -> ModelInfo:
                      or "LlamaForCausalLM", model_type=config.model_type, config=raw, derived=derived,
                      context_length=config.max_position_embeddings, parameters=parameters,
                      tensors=tensors, weights_bytes=sum(t.nbytes for t in tensors), files=files,
-                     tokenizer=tokenizer_info(model_dir, notes), notes=notes)
+                     tokenizer=tokenizer_info(model_dir, notes), notes=notes, source=source)
+
+
+def _conversion_source(path: Path, notes: list[str]) -> dict | None:
+    """``{"format", "tensor_types": {name: type}}`` from the safetensors metadata that
+    ``llmcli convert`` writes for a GGUF source (keys ``source_format`` and the JSON object
+    ``gguf_tensor_types``), or None. Read with the safetensors library's numpy side (no torch)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as fh:
+            meta = fh.metadata() or {}
+    except Exception:  # the header was already validated; metadata is optional
+        return None
+    if "gguf_tensor_types" not in meta:
+        return None
+    try:
+        types = json.loads(meta["gguf_tensor_types"])
+        if not isinstance(types, dict):
+            raise ValueError("not an object")
+    except ValueError as exc:
+        notes.append(f"{path.name}: metadata gguf_tensor_types is not readable ({exc})")
+        return None
+    return {"format": meta.get("source_format", "GGUF"), "tensor_types": {str(k): str(v) for k, v in types.items()}}
 
 
 def tokenizer_info(path: Path, notes: list[str] | None = None) -> dict | None:
