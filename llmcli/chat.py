@@ -434,3 +434,75 @@ def _environment():
     env.globals["namespace"] = TemplateNamespace
     _ENV = env
     return env
+
+
+class Conversation:
+    """The history of a chat and the prompt of its next turn.
+
+    ``messages`` holds ``{"role", "content"}`` dicts: the system message (if any) first, then
+    user and assistant turns. :meth:`prompt` renders the history plus a new user message with
+    the assistant's header (``add_generation_prompt=True``) and encodes it; when that is too
+    long for the model's context, the oldest exchanges (a user message and the replies after
+    it; never the system message nor the new message) are dropped until it fits, and the
+    history keeps only what was sent. The whole conversation is rendered and encoded every
+    turn (the template may change earlier text, e.g. Qwen3 drops old reasoning), and nothing is
+    cached between turns.
+    """
+
+    def __init__(self, template: ChatTemplate, system: str | None = None) -> None:
+        self.template = template
+        self.system = system
+        self.messages: list[dict] = []
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every turn; keep the system message."""
+        self.messages = [{"role": "system", "content": self.system}] if self.system else []
+
+    def render(self, messages: list[dict] | None = None) -> str:
+        """``messages`` (default: the history) through the template, with the assistant's
+        header at the end."""
+        return self.template.render(self.messages if messages is None else messages,
+                                    add_generation_prompt=True)
+
+    def prompt(self, user: str, encode: Callable[[str], list[int]], context: int,
+               reserve: int = 1) -> tuple[list[int], int]:
+        """Add the user message ``user`` and return ``(prompt_ids, dropped)``: the ids to feed
+        the model (``encode`` of the rendered conversation) and how many old messages were
+        dropped to fit.
+
+        Args:
+            encode: rendered text → ids (special tokens parsed, no BOS added).
+            context: the model's context length in tokens.
+            reserve: tokens to leave for the reply; old exchanges are dropped while the prompt
+                plus ``reserve`` exceeds ``context`` and there is one to drop.
+
+        Raises:
+            LLMCLIError: the conversation does not fit even with every old exchange dropped
+                (the message names its token count and the context), or the template fails;
+                the history is then left as it was.
+        """
+        candidate = self.messages + [{"role": "user", "content": user}]
+        dropped = 0
+        while True:
+            ids = encode(self.render(candidate))
+            if len(ids) + reserve <= context:
+                break
+            start = next((i for i, m in enumerate(candidate) if m["role"] != "system"), None)
+            if start is None or start >= len(candidate) - 1:  # nothing left but the new message
+                break
+            end = start + 1
+            while end < len(candidate) - 1 and candidate[end]["role"] != "user":
+                end += 1
+            dropped += end - start
+            candidate = candidate[:start] + candidate[end:]
+        if len(ids) >= context:
+            raise LLMCLIError(f"the conversation is {len(ids)} tokens with this message, which leaves no "
+                              f"room for a reply in the model's context of {context} tokens "
+                              "(max_position_embeddings)")
+        self.messages = candidate
+        return ids, dropped
+
+    def add_reply(self, text: str) -> None:
+        """Record the assistant's reply to the last user message."""
+        self.messages.append({"role": "assistant", "content": text})

@@ -371,3 +371,78 @@ def test_chat_module_does_not_import_torch():
             "assert t.render([{'role': 'user', 'content': 'x'}]) == 'x'; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# --- the encoded prompt ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["llama3", "qwen3"])
+def test_encoded_chat_equals_transformers_tokenize(real, name):
+    """Rendered, then encoded with special tokens parsed and no BOS added (what chat and
+    generate --chat feed the model) = ``apply_chat_template(tokenize=True)``."""
+    from llmcli.tokenizer import load_tokenizer
+
+    ours, reference = real[name]
+    tokenizer = load_tokenizer(shared_path("fixtures", "tokenizers", name))
+    for messages in CONVERSATIONS.values():
+        expected = reference.apply_chat_template(messages, tokenize=True, add_generation_prompt=True,
+                                                 return_dict=False)
+        text = ours.render(messages, add_generation_prompt=True)
+        assert tokenizer.encode(text, add_bos=False, special=True) == list(expected)
+
+
+# --- the conversation: history and fitting the context --------------------------------------
+
+def char_tokens(text: str) -> list[int]:
+    """One token per character: lengths are easy to reason about."""
+    return [ord(c) for c in text]
+
+
+TURNS = ChatTemplate("{% for m in messages %}[{{ m.role[0] }}:{{ m.content }}]{% endfor %}"
+                     "{% if add_generation_prompt %}[a:{% endif %}", "t")
+
+
+def test_conversation_history_and_reset():
+    from llmcli.chat import Conversation
+
+    chat = Conversation(TURNS, system="S")
+    ids, dropped = chat.prompt("hi", char_tokens, context=100)
+    assert "".join(map(chr, ids)) == "[s:S][u:hi][a:" and dropped == 0
+    chat.add_reply("yo")
+    ids, _ = chat.prompt("more", char_tokens, context=100)
+    assert "".join(map(chr, ids)) == "[s:S][u:hi][a:yo][u:more][a:"
+    chat.reset()
+    assert chat.messages == [{"role": "system", "content": "S"}]
+    assert Conversation(TURNS).messages == []
+
+
+def test_conversation_drops_oldest_exchanges_keeps_system():
+    from llmcli.chat import Conversation
+
+    chat = Conversation(TURNS, system="S")
+    for user, reply in (("one", "1"), ("two", "2"), ("three", "3")):
+        chat.prompt(user, char_tokens, context=1000)
+        chat.add_reply(reply)
+    full = "[s:S][u:one][a:1][u:two][a:2][u:three][a:3][u:four][a:"
+    ids, dropped = chat.prompt("four", char_tokens, context=len(full) + 5, reserve=5)
+    assert "".join(map(chr, ids)) == full and dropped == 0
+    chat.messages = chat.messages[:-1]  # take "four" back
+    # 5 tokens short: the oldest exchange (user one + its reply) goes, the system message stays
+    ids, dropped = chat.prompt("four", char_tokens, context=len(full), reserve=5)
+    assert "".join(map(chr, ids)) == "[s:S][u:two][a:2][u:three][a:3][u:four][a:" and dropped == 2
+    assert chat.messages[0] == {"role": "system", "content": "S"} and len(chat.messages) == 6
+
+
+def test_conversation_too_long_leaves_history_unchanged():
+    from llmcli.chat import Conversation
+
+    chat = Conversation(TURNS)
+    chat.prompt("one", char_tokens, context=100)
+    chat.add_reply("1")
+    before = list(chat.messages)
+    with pytest.raises(LLMCLIError) as exc:
+        chat.prompt("x" * 200, char_tokens, context=100)
+    assert "is 207 tokens with this message" in one_line(exc) and "context of 100 tokens" in str(exc.value)
+    assert chat.messages == before
+    # it fits once the old exchange is gone, though not with the reserve: sent anyway
+    ids, dropped = chat.prompt("x" * 90, char_tokens, context=100, reserve=50)
+    assert dropped == 2 and len(ids) == 97  # [u:x…x][a:

@@ -53,9 +53,10 @@ def _root(
 
 def _register() -> None:
     # One module per command; each exposes register(app).
-    from llmcli.cli import generate, train  # noqa: F401  (imports are cheap: no torch)
+    from llmcli.cli import chat, generate, train  # noqa: F401  (imports are cheap: no torch)
 
     generate.register(app)
+    chat.register(app)
     train.register(app)
     for name in ("inspect", "convert"):
         try:

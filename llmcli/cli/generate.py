@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Annotated, List, Optional
+from typing import Annotated, Optional
 
 import typer
 
 from llmcli.cli.common import (DeviceOpt, DtypeOpt, ModelOpt, ThreadsOpt, read_prompt,
                                resolve_model_dir, set_threads, stderr_console)
+from llmcli.cli.sampling_options import (MaxTokensOpt, MinPOpt, RepeatPenaltyOpt, SeedOpt,
+                                         StatsOpt, StopOpt, TempOpt, TopKOpt, TopPOpt,
+                                         sampling_params)
 from llmcli.errors import UsageError
 from llmcli.render import make_stdout_safe
 
@@ -20,16 +23,14 @@ def generate_command(
         help="Prompt text; '-' or absent reads stdin (when piped). With both, the argument comes "
              "first, then a newline, then stdin.", show_default=False)] = None,
     model: ModelOpt = None,
-    max_tokens: Annotated[int, typer.Option("-n", "--max-tokens", help="Most tokens to generate.")] = 200,
-    temp: Annotated[float, typer.Option("--temp", "--temperature", help="Temperature; 0 = greedy.")] = 0.8,
-    top_k: Annotated[int, typer.Option("--top-k", help="Keep the k most likely tokens (0 = off).")] = 40,
-    top_p: Annotated[float, typer.Option("--top-p", help="Keep the smallest set with this much probability (1 = off).")] = 0.95,
-    min_p: Annotated[float, typer.Option("--min-p", help="Drop tokens below min_p × the top probability (0 = off).")] = 0.05,
-    repeat_penalty: Annotated[float, typer.Option("--repeat-penalty", help="Penalise tokens already seen (1 = off).")] = 1.0,
-    seed: Annotated[Optional[int], typer.Option("-s", "--seed", help="Random seed (same seed and options → same text).",
-                                                show_default=False)] = None,
-    stop: Annotated[Optional[List[str]], typer.Option("--stop", help="Stop when this text is generated (repeatable; not printed).",
-                                                      show_default=False)] = None,
+    max_tokens: MaxTokensOpt = 200,
+    temp: TempOpt = 0.8,
+    top_k: TopKOpt = 40,
+    top_p: TopPOpt = 0.95,
+    min_p: MinPOpt = 0.05,
+    repeat_penalty: RepeatPenaltyOpt = 1.0,
+    seed: SeedOpt = None,
+    stop: StopOpt = None,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "cpu",
     threads: ThreadsOpt = None,
@@ -39,8 +40,15 @@ def generate_command(
     special: Annotated[bool, typer.Option(
         "--special", help="Parse special-token text in the prompt (<|im_start|>, <s>) as those "
                           "tokens, like llama.cpp's --parse-special; by default it is text.")] = False,
+    chat: Annotated[Optional[str], typer.Option(
+        "--chat", metavar="MESSAGE",
+        help="Send MESSAGE as one user turn through the model's chat template and stream the "
+             "reply ('-' reads stdin); it ends at the template's end-of-turn token.",
+        show_default=False)] = None,
+    system: Annotated[Optional[str], typer.Option(
+        "--system", help="With --chat: a system message before the user's.", show_default=False)] = None,
     echo: Annotated[bool, typer.Option("--echo", help="Also print the prompt when stdout is not a terminal.")] = False,
-    stats: Annotated[bool, typer.Option("--stats", help="Print timings to stderr.")] = False,
+    stats: StatsOpt = False,
     top_logprobs: Annotated[int, typer.Option(
         "--top-logprobs", metavar="K",
         help="After generating, list each token's logprob and its K most likely alternatives; in a "
@@ -65,34 +73,59 @@ def generate_command(
         echo "To be, or not to be" | llmcli generate -m path/to/llama-dir -s 42
 
         llmcli generate "ROMEO:" -n 20 --top-logprobs 3 --show-tokens
-    """
-    from llmcli.sampling import SamplingParams
 
-    params = SamplingParams(temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p,
-                            repeat_penalty=repeat_penalty, seed=seed)
-    params.validate()
-    if max_tokens < 0:
-        raise UsageError(f"--max-tokens: must be >= 0, got {max_tokens}")
-    text = read_prompt(prompt)
+        llmcli generate -m smol --chat "What is 2+2?" --system "Answer briefly." --temp 0
+    """
+    params = sampling_params(temp, top_k, top_p, min_p, repeat_penalty, seed, max_tokens)
+    if chat is not None:
+        _check_chat_options(prompt, no_bos, special)
+    elif system is not None:
+        raise UsageError("--system: only with --chat (or use llmcli chat --system)")
+    template = None
+    if chat is not None:
+        from llmcli.chat import load_chat_template
+
+        model_dir = resolve_model_dir(model)
+        template = load_chat_template(model_dir)
+        messages = ([{"role": "system", "content": system}] if system else []) + \
+            [{"role": "user", "content": read_prompt(chat)}]
+        text = template.render(messages, add_generation_prompt=True)
+    else:
+        text = read_prompt(prompt)
     if not text and no_bos:
         raise UsageError("PROMPT: empty prompt with --no-bos leaves nothing to continue")
     if top_logprobs < 0:
         raise UsageError(f"--top-logprobs: must be >= 0, got {top_logprobs}")
     run_generate(text, resolve_model_dir(model), params, max_tokens=max_tokens, stop=stop or [],
                  dtype=dtype, device=device, threads=threads,
-                 add_bos=False if no_bos else None, special=special, echo=echo,
-                 show_stats=stats, top_logprobs=top_logprobs, show_tokens=show_tokens,
-                 json_out=json_out)
+                 add_bos=False if no_bos or template else None, special=special or bool(template),
+                 echo=echo, show_stats=stats, top_logprobs=top_logprobs, show_tokens=show_tokens,
+                 json_out=json_out, chat_template=template)
+
+
+def _check_chat_options(prompt: str | None, no_bos: bool, special: bool) -> None:
+    """Usage errors for options that do not go with ``--chat``."""
+    if prompt is not None:
+        raise UsageError("--chat: give the message with --chat or as PROMPT, not both")
+    if no_bos:
+        raise UsageError("--no-bos: not with --chat (the chat template decides what comes first)")
+    if special:
+        raise UsageError("--special: not with --chat (the rendered template's special tokens are "
+                         "always parsed)")
 
 
 def run_generate(text: str, model_dir, params, max_tokens: int, stop: list[str], dtype: str,
                  device: str, threads: int | None, add_bos: bool | None, echo: bool, show_stats: bool,
                  top_logprobs: int = 0, show_tokens: bool = False, json_out: bool = False,
-                 special: bool = False) -> None:
+                 special: bool = False, chat_template=None) -> None:
     """Load, generate and stream to stdout; notices and stats go to stderr.
 
     ``add_bos``/``special``: as :meth:`llmcli.tokenizer.Tokenizer.encode` (``None`` = the
     tokenizer's rule).
+
+    ``chat_template``: the :class:`llmcli.chat.ChatTemplate` that rendered ``text`` (with
+    ``--chat``): generation also stops at its end-of-turn tokens (and at turn markers that are
+    not tokens, as text), and a prompt longer than the context is an error naming ``--chat``.
 
     ``top_logprobs``/``show_tokens``/``json_out``: see :class:`_TokenView` (inspection output).
     """
@@ -116,11 +149,22 @@ def run_generate(text: str, model_dir, params, max_tokens: int, stop: list[str],
                           f"the model's vocab_size {config.vocab_size}")
     load_seconds = time.perf_counter() - t0
     prompt_ids = tokenizer.encode(text, add_bos=add_bos, special=special)
+    eos_ids = tokenizer.eos_ids
+    if chat_template is not None:
+        from llmcli.chat import end_of_turn
+
+        turn_end = end_of_turn(chat_template, tokenizer.token_to_id, eos_ids)
+        eos_ids, stop = turn_end.ids, list(stop) + turn_end.strings
+        if len(prompt_ids) > config.max_position_embeddings:
+            from llmcli.errors import LLMCLIError
+            raise LLMCLIError(f"--chat: the conversation is {len(prompt_ids)} tokens through the chat "
+                              f"template, longer than the model's context of "
+                              f"{config.max_position_embeddings} tokens (max_position_embeddings)")
     if top_logprobs > config.vocab_size:
         raise UsageError(f"--top-logprobs: {top_logprobs} is more than the vocabulary ({config.vocab_size})")
     view = _TokenView(tokenizer, top_logprobs, show_tokens, json_out)
     gen = Generation(model, tokenizer, prompt_ids, params, max_tokens, stop=stop,
-                     eos_ids=tokenizer.eos_ids,
+                     eos_ids=eos_ids,
                      top_logprobs=top_logprobs, logprobs=view.wants_logprobs)
 
     out = sys.stdout
