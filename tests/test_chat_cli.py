@@ -8,7 +8,9 @@ prompt is written out by hand, encoded with sentencepiece itself, and continued 
 ``transformers.generate``. The interactive loop is driven through piped stdin, through a
 pseudo-terminal (prompt, /reset, Ctrl-C, Ctrl-D), and in-process for Ctrl-C in mid-reply.
 
-:func:`chat_transcript` runs ``llmcli chat`` on any model directory, e.g. a converted SmolLM2.
+:func:`chat_transcript` runs ``llmcli chat`` on any model directory, e.g. a converted SmolLM2,
+and :func:`transformers_chat_reply` gives transformers' greedy reply to compare it with (checked
+by hand on SmolLM2-135M-Instruct converted from its GGUF: two turns, identical).
 """
 
 from __future__ import annotations
@@ -92,6 +94,23 @@ def reference_reply(model_dir: Path, hf_model, prompt: str, max_tokens: int) -> 
     new = [i for i in out[0, len(ids):].tolist() if i != sp.eos_id()]
     text = sp.decode(new)
     return text.split("<|im_end|>")[0]
+
+
+def transformers_chat_reply(hf_model, hf_tokenizer, messages: list[dict], max_tokens: int,
+                            eos_ids: list[int] | None = None) -> str:
+    """transformers' greedy reply to ``messages``: ``apply_chat_template(tokenize=True,
+    add_generation_prompt=True)``, ``generate(do_sample=False)`` stopping at ``eos_ids``
+    (default: the tokenizer's EOS), decoded without special tokens. For a real model (e.g.
+    SmolLM2 loaded from its GGUF), to compare with :func:`chat_transcript` or
+    ``generate --chat``."""
+    ids = hf_tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True,
+                                           return_dict=False)
+    eos_ids = eos_ids if eos_ids is not None else [hf_tokenizer.eos_token_id]
+    with torch.no_grad():
+        out = hf_model.generate(torch.tensor([list(ids)]), max_new_tokens=max_tokens, do_sample=False,
+                                eos_token_id=eos_ids, pad_token_id=eos_ids[0])
+    new = [i for i in out[0, len(ids):].tolist() if i not in eos_ids]
+    return hf_tokenizer.decode(new, skip_special_tokens=True)
 
 
 def chat_transcript(model_dir: Path, lines: list[str], *args: str, cwd: Path,
