@@ -71,12 +71,13 @@ def chat_command(
     from llmcli.chat import load_chat_template
 
     template = load_chat_template(model_dir)
+    err = stderr_console()
     session = ChatSession(model_dir, template, system, params, max_tokens, stop or [],
-                          dtype=dtype, device=device, threads=threads)
+                          dtype=dtype, device=device, threads=threads,
+                          warn=lambda m: err.print(f"warning: {m}", markup=False))
     interactive = _is_tty(sys.stdin)
     reader = _terminal_reader() if interactive else _piped_reader(sys.stdin)
-    code = chat_loop(session, reader, sys.stdout, stderr_console(), interactive=interactive,
-                     show_stats=stats)
+    code = chat_loop(session, reader, sys.stdout, err, interactive=interactive, show_stats=stats)
     if code:
         raise typer.Exit(code)
 
