@@ -479,7 +479,7 @@ def _info_sections(info) -> list[tuple[str, list[tuple[str, str]]]]:
     if getattr(info, "source", None):
         types = ", ".join(f"{ty} × {n}" for ty, n in sorted(info.source["types"].items(),
                                                           key=lambda kv: (-kv[1], kv[0])))
-        model.append(("converted from", f"{info.source['format']}: {types} (column 'from' below)"))
+        model.append(("converted from", f"{info.source['format']}: {types}"))
     params = [("total", _n(p["total"])), ("embedding", _n(p["embedding"])),
               ("lm_head", "tied to the embedding" if p["lm_head_tied"] else _n(p["lm_head"])),
               ("per block", per_s),

@@ -13,10 +13,12 @@ import typer
 
 def convert_command(
     src: Annotated[Path, typer.Argument(
-        help="llama2.c checkpoint (.bin, legacy or version 1) or GGUF file (llama architecture).",
+        help="llama2.c checkpoint (.bin, legacy or version 1) or GGUF file (llama architecture, "
+             "or vocabulary only).",
         show_default=False)],
     out_dir: Annotated[Path, typer.Argument(
-        help="Model directory to create (config.json, model.safetensors, tokenizer.model, README.md).",
+        help="Model directory to create (config.json, model.safetensors, tokenizer.model or "
+             "tokenizer.json, README.md).",
         show_default=False)],
     source_format: Annotated[Optional[str], typer.Option(
         "--from", help="Source format, llama2c or gguf (default: detected from the file's header).",
@@ -26,7 +28,7 @@ def convert_command(
                             "it replaces the embedded vocabulary).", show_default=False)] = None,
     dtype: Annotated[str, typer.Option(
         "--dtype", help="Weights dtype: auto|float32|float16|bfloat16 (auto = the source's; float32 "
-                        "for Q8_0).")] = "auto",
+                        "for quantized GGUF).")] = "auto",
     force: Annotated[bool, typer.Option(
         "--force", help="Replace OUT_DIR if it is a model directory (only files llmcli writes); "
                         "a directory holding other files is never replaced.")] = False,
@@ -34,13 +36,15 @@ def convert_command(
     """Convert a llama2.c checkpoint or a GGUF file into a model directory llmcli and
     transformers load.
 
-    The format is detected from the file's header (--from forces it). q/k weights are permuted from interleaved RoPE to Hugging Face's rotate-half layout; Q8_0 is dequantised. Pickled PyTorch files are refused (llmcli never unpickles).
+    The format is detected from the file's header (--from forces it). q/k weights are permuted from interleaved RoPE to Hugging Face's rotate-half layout. Quantized GGUF tensors (Q4_0 ... Q8_0, K-quants, I-quants) are dequantized with the gguf package; info shows each tensor's GGUF type. A GGUF vocabulary becomes tokenizer.model (sentencepiece) or tokenizer.json (byte-level BPE with its pre-tokenizer, WordPiece), with the chat template in tokenizer_config.json; a vocabulary-only GGUF gives a tokenizer-only directory. Pickled PyTorch files are refused (llmcli never unpickles).
 
     Example:
 
         llmcli convert stories260K.bin stories260K --tokenizer tok512.model
 
         llmcli convert stories260K.gguf stories260K-gguf
+
+        llmcli convert SmolLM2-135M-Instruct.Q4_1.gguf smol
     """
     from llmcli.cli.common import set_threads, stderr_console
     from llmcli.convert import convert

@@ -206,7 +206,7 @@ def convert(src: Path | str, out_dir: Path | str, *, source_format: str | None =
     readme = _readme(src, out_dir, ckpt, digest, out_dtype, notes, command, __version__)
     metadata = None
     if ckpt.sources:  # where each tensor came from, for `llmcli info` (safetensors metadata: strings)
-        metadata = {"source_format": ckpt.format,
+        metadata = {"source_format": ckpt.format.split(" (")[0], "source_file": src.name,
                     "gguf_tensor_types": json.dumps({k: v["type"] for k, v in ckpt.sources.items()},
                                                     separators=(",", ":"))}
     write_model_dir(ckpt, out_dir, dtype=out_dtype, tokenizer_files=tok_files, readme=readme,

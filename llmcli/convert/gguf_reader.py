@@ -20,7 +20,7 @@ Format reference: the GGUF specification (ggml ``docs/gguf.md``) and llama.cpp's
   quantized type (Q4_0 ... Q8_0, the K-quants Q2_K ... Q6_K, the IQ and TQ types) is expanded
   to float32 by ``gguf.quants.dequantize`` (each block's scale times its integers, as ggml's
   ``dequantize_row_*``), then cast to the output dtype. The type of every tensor is recorded
-  (:attr:`Checkpoint.sources`, written as ``gguf_source.json``).
+  (:attr:`Checkpoint.sources`; written to ``model.safetensors``' metadata and README.md).
 * The vocabulary (``tokenizer.ggml.*``) becomes Hugging Face tokenizer files
   (:mod:`llmcli.convert.gguf_vocab`): ``tokenizer.model`` for ``llama`` (sentencepiece),
   ``tokenizer.json`` for ``gpt2`` (byte-level BPE) and ``bert`` (WordPiece), and
@@ -189,7 +189,7 @@ def read_gguf(path: Path, build_tokenizer: bool = True) -> Checkpoint:
     quantized = sorted(set(counts) - set(_EXACT_TYPES))
     notes.insert(0, "Tensor types in the file: " + ", ".join(f"{n} × {ty}" for ty, n in sorted(counts.items()))
                  + (f" ({', '.join(quantized)} dequantized to float32 with gguf.quants.dequantize; "
-                    "gguf_source.json lists each tensor's type)" if quantized else "") + ".")
+                    "README.md and model.safetensors' metadata list each tensor's type)" if quantized else "") + ".")
     return Checkpoint(config=config, tensors=tensors, format=fmt, default_dtype=default,
                       tokenizer_files=vocab.files if vocab else None, notes=notes, sources=sources)
 
