@@ -269,15 +269,33 @@ def _dims_header(dims: int) -> list[str]:
     return [f"d{i}" for i in range(dims)]
 
 
+def _embedding_rows(result, components: list[dict], t: int) -> list[tuple[str, list, float]]:
+    """For token ``t``: (label, vector, norm) of each component row, then of their sum."""
+    rows = [(c["name"], c["vectors"][t], c["norms"][t]) for c in components]
+    return rows + [("= sum", result.vectors[t], result.norms[t])]
+
+
 def embeddings_plain(result, dims: int = 8) -> str:
     dims = min(dims, result.hidden_size)
     out = [f"hidden_states[{result.layer}]: {result.layer_name} · hidden size {result.hidden_size}"]
-    headers = ["pos", "id", "piece", "norm"] + _dims_header(dims)
-    rows = []
-    for tok, vec, norm in zip(result.tokens, result.vectors, result.norms):
-        rows.append([tok["position"], tok["id"], visible(tok["piece"]), f"{norm:.4f}"]
-                    + [f"{v:+.4f}" for v in vec[:dims]])
-    out.append(plain_table(headers, rows, right=[0, 1, 3] + list(range(4, 4 + dims))).rstrip("\n"))
+    components = getattr(result, "components", None) or []
+    if components:   # token row + position row = embedding output, for each token
+        headers = ["pos", "id", "piece", "row", "norm"] + _dims_header(dims)
+        rows = []
+        for t, tok in enumerate(result.tokens):
+            for i, (label, vec, norm) in enumerate(_embedding_rows(result, components, t)):
+                first = i == 0
+                rows.append([tok["position"] if first else "", tok["id"] if first else "",
+                             visible(tok["piece"]) if first else "", label, f"{norm:.4f}"]
+                            + [f"{v:+.4f}" for v in vec[:dims]])
+        out.append(plain_table(headers, rows, right=[0, 1, 4] + list(range(5, 5 + dims))).rstrip("\n"))
+    else:
+        headers = ["pos", "id", "piece", "norm"] + _dims_header(dims)
+        rows = []
+        for tok, vec, norm in zip(result.tokens, result.vectors, result.norms):
+            rows.append([tok["position"], tok["id"], visible(tok["piece"]), f"{norm:.4f}"]
+                        + [f"{v:+.4f}" for v in vec[:dims]])
+        out.append(plain_table(headers, rows, right=[0, 1, 3] + list(range(4, 4 + dims))).rstrip("\n"))
     if result.neighbors:
         out.append("")
         out.append("nearest vocabulary tokens (cosine similarity to the embedding matrix rows):")
@@ -293,14 +311,26 @@ def embeddings_rich(result, con, dims: int = 8) -> None:
     dims = min(dims, result.hidden_size)
     con.print(f"[bold]hidden_states[{result.layer}][/]: {result.layer_name} · "
               f"hidden size {result.hidden_size}")
-    table = _table(("pos", "right"), ("id", "right"), ("piece", "left"), ("norm", "right"),
-                   *[(h, "right") for h in _dims_header(dims)])
-    for tok, vec, norm in zip(result.tokens, result.vectors, result.norms):
-        cells = []
-        for v in vec[:dims]:
-            cells.append(f"[{'cyan' if v >= 0 else 'magenta'}]{v:+.4f}[/]")
-        table.add_row(str(tok["position"]), str(tok["id"]), _piece_text(tok["piece"]),
-                      f"{norm:.4f}", *cells)
+    components = getattr(result, "components", None) or []
+
+    def cells(vec):
+        return [f"[{'cyan' if v >= 0 else 'magenta'}]{v:+.4f}[/]" for v in vec[:dims]]
+
+    if components:   # token row + position row = embedding output, for each token
+        table = _table(("pos", "right"), ("id", "right"), ("piece", "left"), ("row", "left"),
+                       ("norm", "right"), *[(h, "right") for h in _dims_header(dims)])
+        for t, tok in enumerate(result.tokens):
+            for i, (label, vec, norm) in enumerate(_embedding_rows(result, components, t)):
+                first = i == 0
+                table.add_row(str(tok["position"]) if first else "", str(tok["id"]) if first else "",
+                              _piece_text(tok["piece"]) if first else "", label, f"{norm:.4f}",
+                              *cells(vec), end_section=i == len(components))
+    else:
+        table = _table(("pos", "right"), ("id", "right"), ("piece", "left"), ("norm", "right"),
+                       *[(h, "right") for h in _dims_header(dims)])
+        for tok, vec, norm in zip(result.tokens, result.vectors, result.norms):
+            table.add_row(str(tok["position"]), str(tok["id"]), _piece_text(tok["piece"]),
+                          f"{norm:.4f}", *cells(vec))
     con.print(table)
     if result.neighbors:
         nt = _table(("pos", "right"), ("piece", "left"), ("nearest tokens (cosine)", "left"))
@@ -466,13 +496,15 @@ def _info_sections(info) -> list[tuple[str, list[tuple[str, str]]]]:
     per_s = (_n(per[0]) + " each" if per and len(set(per)) == 1 else ", ".join(_n(x) for x in per)) if per else "-"
     bd = p["block_breakdown"]
     model = [("directory", info.model_dir), ("architecture", f"{info.architecture} ({info.model_type})"),
-             ("context length", f"{_n(info.context_length)} tokens (max_position_embeddings)"),
+             ("context length", f"{_n(info.context_length)} tokens "
+                                f"({d.get('context_length_field', 'max_position_embeddings')})"),
              ("layers", str(d["num_hidden_layers"])), ("hidden size", str(d["hidden_size"])),
-             ("attention", f"{d['num_attention_heads']} heads, {d['num_key_value_heads']} key/value heads "
-                           f"({d['attention']}), head_dim {d['head_dim']}"),
-             ("MLP", f"SwiGLU, intermediate size {d['intermediate_size']}"),
-             ("RoPE", f"theta {d['rope_theta']:g}, scaling {d['rope_type']}"),
-             ("norm", f"RMSNorm, eps {d['rms_norm_eps']:g}"),
+             ("family", d["architecture"]["family"]),
+             ("attention", d["architecture"]["attention"]),
+             ("MLP", d["architecture"]["mlp"]),
+             ("position", d["architecture"]["position"]),
+             ("norm", d["architecture"]["norm"]),
+             ("residual", d["architecture"]["residual"]),
              ("vocab size", str(d["vocab_size"])),
              ("tied embeddings", "yes" if d["tie_word_embeddings"] else "no"),
              ("storage dtype", str(d["storage_dtype"]))]
@@ -480,8 +512,10 @@ def _info_sections(info) -> list[tuple[str, list[tuple[str, str]]]]:
         types = ", ".join(f"{ty} × {n}" for ty, n in sorted(info.source["types"].items(),
                                                           key=lambda kv: (-kv[1], kv[0])))
         model.append(("converted from", f"{info.source['format']}: {types}"))
-    params = [("total", _n(p["total"])), ("embedding", _n(p["embedding"])),
-              ("lm_head", "tied to the embedding" if p["lm_head_tied"] else _n(p["lm_head"])),
+    params = [("total", _n(p["total"])), ("embedding", _n(p["embedding"]))]
+    if p.get("position_embedding"):
+        params.append(("position embedding", _n(p["position_embedding"])))
+    params += [(d["architecture"]["lm_head"], "tied to the embedding" if p["lm_head_tied"] else _n(p["lm_head"])),
               ("per block", per_s),
               ("  of which", f"attention {_n(bd['attention'])} · MLP {_n(bd['mlp'])} · norms {_n(bd['norms'])}"),
               ("final norm", _n(p["final_norm"])),
@@ -575,7 +609,8 @@ def heatmap_plain(attention: dict, tokens: list[dict]) -> str:
     start, rows = heatmap_window(attention["weights"])
     peak = max((max(r[: i + 1]) for i, r in enumerate(rows)), default=1.0) or 1.0
     who = f"head {attention['head']}" if attention["head"] is not None else "mean of all heads"
-    out = [f"attention of block {attention['layer']} (model.layers.{attention['layer']}), {who}: "
+    name = attention.get("name", f"model.layers.{attention['layer']}")
+    out = [f"attention of block {attention['layer']} ({name}), {who}: "
            f"rows = query positions, columns = key positions; shading {SHADES!r} relative to the "
            f"largest weight shown ({peak:.3f}); '·' = masked (future)"]
     if start:
@@ -603,7 +638,8 @@ def heatmap_rich(attention: dict, tokens: list[dict], con) -> None:
     start, rows = heatmap_window(attention["weights"])
     peak = max((max(r[: i + 1]) for i, r in enumerate(rows)), default=1.0) or 1.0
     who = f"head {attention['head']}" if attention["head"] is not None else "mean of all heads"
-    con.print(f"[bold]attention of block {attention['layer']}[/] (model.layers.{attention['layer']}), {who}: "
+    name = attention.get("name", f"model.layers.{attention['layer']}")
+    con.print(f"[bold]attention of block {attention['layer']}[/] ({name}), {who}: "
               f"rows = queries, columns = keys; brightest = {peak:.3f}", highlight=False)
     if start:
         con.print(f"[dim](showing positions {start}..{start + len(rows) - 1} of {len(attention['weights'])})[/]")
@@ -625,11 +661,34 @@ def heatmap_rich(attention: dict, tokens: list[dict], con) -> None:
         con.print(line)
 
 
+def _trace_names(result) -> dict[str, str]:
+    """Module names of the traced model's stages (Llama's when the result has none)."""
+    a = getattr(result, "architecture", None) or {}
+    embed = a.get("token_embedding", "model.embed_tokens")
+    if a.get("position_embedding"):
+        embed += " + " + a["position_embedding"]
+    return {"embedding": embed, "final_norm": a.get("final_norm", "model.norm"),
+            "lm_head": a.get("lm_head", "lm_head")}
+
+
+def _model_lines(result) -> list[str]:
+    """What the traced model computes: a header and one line each for norm, position,
+    attention, MLP and residual (empty without an architecture)."""
+    a = getattr(result, "architecture", None) or {}
+    if not a:
+        return []
+    return ([f"== model ({a['family']}) =="]
+            + [f"{k:<9}  {a[k]}" for k in ("norm", "position", "attention", "mlp", "residual")]
+            + [""])
+
+
 def trace_plain(result) -> str:
+    names = _trace_names(result)
     out = ["== tokens =="]
     out.append(" ".join(f"{t['position']}:{visible(t['piece'])}({t['id']})" for t in result.tokens))
     out.append("")
-    out.append("== embedding (model.embed_tokens) ==")
+    out.extend(_model_lines(result))
+    out.append(f"== embedding ({names['embedding']}) ==")
     out.append(plain_table(["pos", "piece", "norm"],
                            ([t["position"], visible(t["piece"]), f"{n:.4f}"]
                             for t, n in zip(result.tokens, result.embedding_norms)), right=(0, 2)).rstrip("\n"))
@@ -641,7 +700,7 @@ def trace_plain(result) -> str:
                            ([L["layer"], f"{L['residual_norm']:.4f}", _lens_summary(L["lens"]),
                              _heads_summary(L["heads"])] for L in result.layers), right=(0, 1)).rstrip("\n"))
     out.append("")
-    out.append("== final norm and logits (lm_head) ==")
+    out.append(f"== final norm and logits ({names['final_norm']}, {names['lm_head']}) ==")
     out.append(f"final norm output: norm {result.final_norm:.4f}")
     out.append(_stats_line(result.stats))
     out.append("top logits: " + "  ".join(f"{visible(c['piece'])} {c['logit']:.3f}" for c in result.top_logits))
@@ -670,7 +729,13 @@ def trace_rich(result, con) -> None:
         line.append_text(_piece_text(t["piece"]))
         line.append(f"({t['id']}) ", style="dim")
     con.print(line)
-    con.rule("[bold]2. embedding[/] (model.embed_tokens)", align="left")
+    names = _trace_names(result)
+    lines = _model_lines(result)
+    if lines:
+        con.rule(f"[bold]model[/] ({result.architecture['family']})", align="left")
+        for line in lines[1:-1]:
+            con.print(line, markup=False, highlight=False)
+    con.rule(f"[bold]2. embedding[/] ({names['embedding']})", align="left")
     t = _table(("pos", "right"), ("piece", "left"), ("norm", "right"))
     for tok, n in zip(result.tokens, result.embedding_norms):
         t.add_row(str(tok["position"]), _piece_text(tok["piece"]), f"{n:.4f}")
@@ -689,7 +754,8 @@ def trace_rich(result, con) -> None:
             lens.append(f" {c['prob']:.2f}  ", style="dim")
         t.add_row(str(L["layer"]), f"{L['residual_norm']:.4f}", lens, _heads_summary(L["heads"]))
     con.print(t)
-    con.rule("[bold]4. final norm and logits[/] (lm_head)", align="left")
+    con.rule(f"[bold]4. final norm and logits[/] ({names['final_norm']}, {names['lm_head']})",
+             align="left")
     con.print(f"final norm output: norm {result.final_norm:.4f}")
     con.print(_stats_line(result.stats))
     con.print("top logits: " + "  ".join(f"{visible(c['piece'])} {c['logit']:.3f}" for c in result.top_logits),

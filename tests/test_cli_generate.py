@@ -317,7 +317,7 @@ def _bad_json(d: Path) -> None:
 
 def _not_llama(d: Path) -> None:
     config = json.loads((d / "config.json").read_text())
-    config.update(model_type="gpt2", architectures=["GPT2LMHeadModel"])
+    config.update(model_type="mamba", architectures=["MambaForCausalLM"])
     (d / "config.json").write_text(json.dumps(config))
 
 
@@ -331,7 +331,7 @@ def _bad_tokenizer(d: Path) -> None:
     (_not_safetensors, "not a safetensors file"),
     (_pickled_only, "pytorch_model.bin"),
     (_bad_json, "config.json"),
-    (_not_llama, "gpt2"),
+    (_not_llama, "mamba"),
     (_bad_tokenizer, "tokenizer.model"),
 ], ids=lambda v: getattr(v, "__name__", "")[1:] if callable(v) else "")
 def test_broken_model_directories(tmp_path, broken, edit, needle):

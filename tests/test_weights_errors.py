@@ -67,12 +67,15 @@ def test_config_not_an_object(model_dir):
     assert "config.json" in load_error(model_dir)
 
 
-def test_non_llama_model_type(model_dir):
+def test_unsupported_model_type(model_dir):
+    """One line naming the type and every supported one."""
     raw = json.loads((model_dir / "config.json").read_text())
-    raw.update(model_type="gpt2", architectures=["GPT2LMHeadModel"])
+    raw.update(model_type="mamba", architectures=["MambaForCausalLM"])
     (model_dir / "config.json").write_text(json.dumps(raw))
     message = load_error(model_dir)
-    assert "config.json" in message and "gpt2" in message
+    assert "config.json" in message and "'mamba'" in message and "\n" not in message
+    for supported in ("llama", "mistral", "qwen2", "qwen3", "gpt2", "gpt_neox"):
+        assert supported in message
 
 
 def test_unsupported_rope_scaling(model_dir):

@@ -64,10 +64,10 @@ def _tokenizer(model: Path | None):
 
 def _context_length(model_dir: Path) -> int | None:
     """The model's context length, or None when its config.json is missing or invalid."""
-    from llmcli.config import LlamaConfig
+    from llmcli.models import load_config
 
     try:
-        return LlamaConfig.from_file(model_dir / "config.json").max_position_embeddings
+        return load_config(model_dir / "config.json").max_position_embeddings
     except LLMCLIError:
         return None
 
@@ -75,12 +75,12 @@ def _context_length(model_dir: Path) -> int | None:
 def _prepare(text_arg: str | None, model: Path | None, dtype: str, threads: int | None,
              no_bos: bool, special: bool = False) -> _Loaded:
     """Read the text, load tokenizer and config, encode and check the tokens fit (no weights yet)."""
-    from llmcli.config import LlamaConfig
+    from llmcli.models import load_config
 
     _check_light_options(dtype, threads)
     text = read_prompt(text_arg)
     model_dir, tokenizer = _tokenizer(model)
-    config = LlamaConfig.from_file(model_dir / "config.json")
+    config = load_config(model_dir / "config.json")
     if tokenizer.vocab_size > config.vocab_size:
         raise LLMCLIError(f"{tokenizer.path}: vocabulary of {tokenizer.vocab_size} pieces does not fit "
                           f"the model's vocab_size {config.vocab_size}")

@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llmcli.config import attention_kind
 from llmcli.errors import LLMCLIError
 from llmcli.weights import read_safetensors_header
 
@@ -18,7 +19,9 @@ _DTYPE_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "b
                 "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
                 "BOOL": "bool", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
 
-_LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.")
+#: Buffers some exporters write beside the weights (RoPE frequencies, causal masks): not parameters.
+_BUFFER_SUFFIXES = ("rotary_emb.inv_freq", ".attn.bias", ".attn.masked_bias", ".attention.bias",
+                    ".attention.masked_bias")
 
 
 @dataclass
@@ -79,13 +82,16 @@ def model_info(model_dir: Path | str) -> ModelInfo:
     Raises:
         LLMCLIError: no directory, a missing or invalid config.json, unreadable weights.
     """
-    from llmcli.config import LlamaConfig
+    from llmcli.models import load_config
     from llmcli.weights import weight_files
 
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise LLMCLIError(f"{model_dir}: no such model directory")
-    config = LlamaConfig.from_file(model_dir / "config.json")
+    config = load_config(model_dir / "config.json")
+    arch = config.architecture()
+    embed_name, head_name = arch.token_embedding + ".weight", arch.lm_head + ".weight"
+    layer_re = re.compile(rf"^{re.escape(arch.layers)}\.(\d+)\.")
     raw = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     notes: list[str] = []
 
@@ -105,49 +111,54 @@ def model_info(model_dir: Path | str) -> ModelInfo:
             source = source or {"format": file_source["format"], "types": {}}
             for ty in types.values():
                 source["types"][ty] = source["types"].get(ty, 0) + 1
-    tensors.sort(key=_tensor_sort_key)
+    tensors.sort(key=lambda t: _tensor_sort_key(t, arch, layer_re))
     by_name = {t.name: t for t in tensors}
-    counted = [t for t in tensors if not t.name.endswith("rotary_emb.inv_freq")]
-    if config.tie_word_embeddings and "lm_head.weight" in by_name:
-        counted = [t for t in counted if t.name != "lm_head.weight"]
-        notes.append("lm_head.weight is stored but tie_word_embeddings is true: the embedding is used")
+    counted = [t for t in tensors if not t.name.endswith(_BUFFER_SUFFIXES)]
+    if config.tie_word_embeddings and head_name in by_name:
+        counted = [t for t in counted if t.name != head_name]
+        notes.append(f"{head_name} is stored but tie_word_embeddings is true: the embedding is used")
 
     per_block = [0] * config.num_hidden_layers
     breakdown = {"attention": 0, "mlp": 0, "norms": 0}
     for t in counted:
-        m = _LAYER_RE.match(t.name)
+        m = layer_re.match(t.name)
         if m and int(m.group(1)) < config.num_hidden_layers:
             per_block[int(m.group(1))] += t.numel
             if int(m.group(1)) == 0:
-                part = ("attention" if ".self_attn." in t.name else
-                        "mlp" if ".mlp." in t.name else "norms")
+                part = ("attention" if f".{arch.attention_module}." in t.name else
+                        "mlp" if f".{arch.mlp_module}." in t.name else "norms")
                 breakdown[part] += t.numel
-    embed = by_name.get("model.embed_tokens.weight")
-    lm_head = by_name.get("lm_head.weight")
-    norm = by_name.get("model.norm.weight")
+    embed = by_name.get(embed_name)
+    lm_head = by_name.get(head_name)
+    position = by_name.get(f"{arch.position_embedding}.weight") if arch.position_embedding else None
     parameters = {
         "total": sum(t.numel for t in counted),
         "embedding": embed.numel if embed else 0,
+        "position_embedding": position.numel if position else 0,
         "lm_head": 0 if config.tie_word_embeddings or lm_head is None else lm_head.numel,
         "lm_head_tied": config.tie_word_embeddings,
-        "final_norm": norm.numel if norm else 0,
+        "final_norm": sum(t.numel for t in counted if t.name.startswith(arch.final_norm + ".")),
         "per_block": per_block,
         "block_breakdown": breakdown,  # of block 0 (every block has the same shapes)
     }
     derived = {"hidden_size": config.hidden_size, "num_hidden_layers": config.num_hidden_layers,
                "num_attention_heads": config.num_attention_heads,
                "num_key_value_heads": config.num_key_value_heads, "head_dim": config.head_dim,
-               "attention": ("multi-head" if config.num_key_value_heads == config.num_attention_heads
-                             else "multi-query" if config.num_key_value_heads == 1 else "grouped-query"),
+               "attention": attention_kind(config.num_attention_heads, config.num_key_value_heads),
                "intermediate_size": config.intermediate_size, "vocab_size": config.vocab_size,
-               "rope_theta": config.rope_theta, "rope_type": config.rope_type,
-               "rms_norm_eps": config.rms_norm_eps, "tie_word_embeddings": config.tie_word_embeddings,
+               "tie_word_embeddings": config.tie_word_embeddings,
                "bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id,
-               "storage_dtype": embed.dtype if embed else None}
+               "storage_dtype": embed.dtype if embed else None, "family": config.family,
+               "context_length_field": config._field_name("max_position_embeddings"),
+               "architecture": arch.to_dict()}
+    for name in ("rope_theta", "rope_type", "rms_norm_eps", "layer_norm_epsilon", "layer_norm_eps",
+                 "rotary_dim", "sliding_window", "use_parallel_residual"):
+        if hasattr(config, name):   # the family's own fields
+            derived[name] = getattr(config, name)
     files = sorted(({"name": p.name, "bytes": p.stat().st_size} for p in model_dir.iterdir() if p.is_file()),
                    key=lambda f: f["name"])
     return ModelInfo(model_dir=str(model_dir), architecture=", ".join(raw.get("architectures") or [])
-                     or "LlamaForCausalLM", model_type=config.model_type, config=raw, derived=derived,
+                     or config.architectures[0], model_type=config.model_type, config=raw, derived=derived,
                      context_length=config.max_position_embeddings, parameters=parameters,
                      tensors=tensors, weights_bytes=sum(t.nbytes for t in tensors), files=files,
                      tokenizer=tokenizer_info(model_dir, notes), notes=notes, source=source)
@@ -207,12 +218,13 @@ def tokenizer_info(path: Path, notes: list[str] | None = None) -> dict | None:
     return out
 
 
-def _tensor_sort_key(t: TensorInfo):
-    m = _LAYER_RE.match(t.name)
-    if t.name.startswith("model.embed_tokens"):
+def _tensor_sort_key(t: TensorInfo, arch, layer_re: re.Pattern):
+    """Embeddings first, then the blocks in order, the final norm, the output layer."""
+    m = layer_re.match(t.name)
+    if t.name.startswith((arch.token_embedding + ".", f"{arch.position_embedding}.")):
         return (0, 0, t.name)
     if m:
         return (1, int(m.group(1)), t.name)
-    if t.name.startswith("model.norm"):
+    if t.name.startswith(arch.final_norm + "."):
         return (2, 0, t.name)
     return (3, 0, t.name)

@@ -6,7 +6,8 @@ Tensors leave this module only through :func:`forward` (for ``--save``).
 
 Indexing (as transformers): ``hidden_states[0]`` is the embedding output, ``hidden_states[L]``
 the residual stream after L blocks, ``hidden_states[N]`` the final norm's output; blocks
-(``model.layers.i``) and attention maps are numbered from 0.
+(``model.layers.i``, ``transformer.h.i``...) and attention maps are numbered from 0. Names and
+words come from the model's family (``model.architecture``).
 """
 
 from __future__ import annotations
@@ -17,16 +18,15 @@ from pathlib import Path
 
 import torch
 
+from llmcli.config import ROPE_POSITION_NOTE
 from llmcli.errors import LLMCLIError
 from llmcli.models.common import Capture
 from llmcli.sampling import (Sampler, SamplingParams, apply_min_p, apply_temperature, apply_top_p,
                              filter_logits)
 
-#: How position enters a Llama model (shown by ``embeddings`` and ``trace``).
-POSITION_NOTE = ("Position is not added to the embedding: RoPE rotates each query and key vector "
-                 "by an angle proportional to its position inside every attention layer, so "
-                 "attention scores depend on relative position; the embedding row of a token "
-                 "is the same at every position.")
+#: How position enters a Llama model (shown by ``embeddings`` and ``trace``); each family's
+#: own note is ``model.architecture.position_note``.
+POSITION_NOTE = ROPE_POSITION_NOTE
 
 _LN2 = math.log(2.0)
 
@@ -136,7 +136,13 @@ def check_writable(path: Path | str, option: str = "--save", force: bool = False
 @dataclass
 class EmbeddingsResult:
     """Hidden state ``layer`` of each token: full ``vectors`` (T × D), their L2 ``norms``,
-    and the ``neighbors`` of each vector in the embedding matrix (cosine similarity)."""
+    and the ``neighbors`` of each vector in the embedding matrix (cosine similarity).
+
+    ``components``: for the embedding output (layer 0) of a family that adds a learned
+    position embedding (GPT-2), the two rows summed into ``vectors``:
+    ``[{"part": "token" | "position", "name": "transformer.wte", "vectors", "norms"}]``;
+    empty otherwise.
+    """
 
     tokens: list[dict]
     layer: int
@@ -147,21 +153,27 @@ class EmbeddingsResult:
     norms: list[float]
     neighbors: list[list[dict]] = field(default_factory=list)
     position_note: str = POSITION_NOTE
+    components: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {"tokens": self.tokens, "layer": self.layer, "layer_name": self.layer_name,
                 "num_layers": self.num_layers, "hidden_size": self.hidden_size,
                 "vectors": self.vectors, "norms": self.norms, "neighbors": self.neighbors,
-                "position_note": self.position_note}
+                "position_note": self.position_note, "components": self.components}
 
 
-def layer_name(layer: int, num_layers: int) -> str:
-    """What ``hidden_states[layer]`` is, in words."""
+def layer_name(layer: int, num_layers: int, arch=None) -> str:
+    """What ``hidden_states[layer]`` is, in words, with the module names of ``arch`` (a
+    :class:`llmcli.config.Architecture`; Llama's names without one)."""
+    embed, norm, layers = ("model.embed_tokens", "model.norm", "model.layers") if arch is None \
+        else (arch.token_embedding, arch.final_norm, arch.layers)
     if layer == 0:
-        return "embedding output (model.embed_tokens)"
+        if arch is not None and arch.position_embedding:
+            return f"embedding output ({embed} + {arch.position_embedding})"
+        return f"embedding output ({embed})"
     if layer == num_layers:
-        return f"after the final norm (model.norm, following block {num_layers - 1})"
-    return f"residual stream after {layer} block(s) (output of model.layers.{layer - 1})"
+        return f"after the final norm ({norm}, following block {num_layers - 1})"
+    return f"residual stream after {layer} block(s) (output of {layers}.{layer - 1})"
 
 
 def hidden_state(capture: Capture, layer: int) -> torch.Tensor:
@@ -188,11 +200,20 @@ def embeddings_report(model, tokenizer, ids: list[int], capture: Capture, layer:
                       neighbors: int = 0) -> EmbeddingsResult:
     """Hidden state ``layer`` (0..N) of each token, from a :func:`forward` capture."""
     n = model.config.num_hidden_layers
+    arch = model.architecture
     h = hidden_state(capture, layer)                                             # (T, D)
+    components = []
+    if layer == 0 and arch.position_embedding:       # GPT-2: token row + position row
+        for part, name in (("token", arch.token_embedding), ("position", arch.position_embedding)):
+            rows = capture.stages[name][0].float()                               # (T, D)
+            components.append({"part": part, "name": name, "vectors": rows.tolist(),
+                               "norms": rows.norm(dim=-1).tolist()})
     return EmbeddingsResult(tokens=token_dicts(tokenizer, ids), layer=layer, num_layers=n,
-                            hidden_size=model.config.hidden_size, layer_name=layer_name(layer, n),
+                            hidden_size=model.config.hidden_size,
+                            layer_name=layer_name(layer, n, arch),
                             vectors=h.tolist(), norms=h.norm(dim=-1).tolist(),
-                            neighbors=nearest_tokens(model, tokenizer, h, neighbors))
+                            neighbors=nearest_tokens(model, tokenizer, h, neighbors),
+                            position_note=arch.position_note, components=components)
 
 
 # ----------------------------------------------------------------------------- logits
@@ -357,11 +378,14 @@ class TraceResult:
     candidates: list[dict]    # softmax top-k
     entropy_bits: float
     chosen: dict
-    attention: dict | None = None   # --attention: {"layer", "head", "weights": T×T}
+    attention: dict | None = None   # --attention: {"layer", "name", "head", "weights": T×T}
     position_note: str = POSITION_NOTE
+    #: what the family computes and its module names (llmcli.config.Architecture.to_dict())
+    architecture: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"tokens": self.tokens, "embedding_norms": self.embedding_norms,
+                "architecture": self.architecture,
                 "position_note": self.position_note, "layers": self.layers,
                 "final_norm": self.final_norm,
                 "logits": {"stats": self.stats, "top": self.top_logits},
@@ -384,7 +408,12 @@ def attention_map(capture: Capture, layer: int, head: int | None = None) -> torc
 
 def trace_report(model, tokenizer, ids: list[int], k: int = 5, temperature: float = 1.0,
                  attention_layer: int | None = None, head: int | None = None) -> TraceResult:
-    """Run ``ids`` once with every capture on and collect each stage for the last position."""
+    """Run ``ids`` once with every capture on and collect each stage for the last position.
+
+    Per block: the residual-stream norm, the norms of the attention and MLP outputs added to
+    it (``attn_norm``, ``mlp_norm``, last position), each head's most-attended position, and
+    the logit lens."""
+    arch = model.architecture
     logits, cap = forward(model, ids, attentions=True)
     last = logits[-1]                                                            # (V,)
     layers = []
@@ -397,9 +426,13 @@ def trace_report(model, tokenizer, ids: list[int], k: int = 5, temperature: floa
             heads.append({"head": h, "position": j, "id": ids[j], "piece": piece_of(tokenizer, ids[j]),
                           "weight": float(w[h, j])})
         lens = logit_lens(model, residual[0, -1])
-        layers.append({"layer": i, "name": f"model.layers.{i}",
+        name = f"{arch.layers}.{i}"
+        stage_norm = {part: float(cap.stages[f"{name}.{module}"][0, -1].float().norm())
+                      for part, module in (("attn_norm", arch.attention_module),
+                                           ("mlp_norm", arch.mlp_module))}
+        layers.append({"layer": i, "name": name,
                        "residual_norm": float(r[-1].norm()), "residual_norms": r.norm(dim=-1).tolist(),
-                       "heads": heads, "lens": candidates(tokenizer, lens, k, temperature)})
+                       **stage_norm, "heads": heads, "lens": candidates(tokenizer, lens, k, temperature)})
     cands = candidates(tokenizer, last, k, temperature)
     probs = torch.softmax(apply_temperature(last, temperature).double(), dim=-1)
     chosen_id = int(torch.argmax(last))
@@ -407,11 +440,12 @@ def trace_report(model, tokenizer, ids: list[int], k: int = 5, temperature: floa
               "logit": float(last[chosen_id]), "prob": float(probs[chosen_id]), "rule": "greedy (arg-max)"}
     attention = None
     if attention_layer is not None:
-        attention = {"layer": attention_layer, "head": head,
+        attention = {"layer": attention_layer, "name": f"{arch.layers}.{attention_layer}", "head": head,
                      "weights": attention_map(cap, attention_layer, head).tolist()}
     return TraceResult(tokens=token_dicts(tokenizer, ids),
                        embedding_norms=hidden_state(cap, 0).norm(dim=-1).tolist(), layers=layers,
                        final_norm=float(cap.hidden_states[-1][0, -1].float().norm()),
                        stats=logit_stats(last), top_logits=_ranked(tokenizer, last, k),
                        candidates=cands, entropy_bits=entropy_bits(probs), chosen=chosen,
-                       attention=attention)
+                       attention=attention, position_note=arch.position_note,
+                       architecture=arch.to_dict())

@@ -32,18 +32,27 @@ from llmcli.errors import LLMCLIError
 
 @dataclass(frozen=True)
 class Family:
-    """A model family: the ``model_type``/``architectures`` values of ``config.json`` it
-    reads, its config class (in :mod:`llmcli.config`) and its model class."""
+    """A model family: its config class (in :mod:`llmcli.config`, which also names the
+    ``model_type``/``architectures`` values of ``config.json`` it reads) and its model class."""
 
-    name: str                      # the config class's ``family``
-    model_types: tuple[str, ...]
-    architectures: tuple[str, ...]
     config_class: str              # a class of llmcli.config
     module: str                    # where the model class lives
     model_class: str
 
     def config_type(self) -> type:
         return getattr(_config, self.config_class)
+
+    @property
+    def name(self) -> str:
+        return self.config_type().family
+
+    @property
+    def model_types(self) -> tuple[str, ...]:
+        return self.config_type().model_types
+
+    @property
+    def architectures(self) -> tuple[str, ...]:
+        return self.config_type().architectures
 
     def model_type_class(self) -> type:
         """The model class (imports torch)."""
@@ -52,8 +61,12 @@ class Family:
 
 #: Every family llmcli implements.
 FAMILIES: tuple[Family, ...] = (
-    Family("llama", ("llama", "mistral"), ("LlamaForCausalLM", "MistralForCausalLM"),
-           "LlamaConfig", "llmcli.models.llama", "LlamaForCausalLM"),
+    Family("LlamaConfig", "llmcli.models.llama", "LlamaForCausalLM"),
+    Family("MistralConfig", "llmcli.models.mistral", "MistralForCausalLM"),
+    Family("Qwen2Config", "llmcli.models.qwen2", "Qwen2ForCausalLM"),
+    Family("Qwen3Config", "llmcli.models.qwen3", "Qwen3ForCausalLM"),
+    Family("GPT2Config", "llmcli.models.gpt2", "GPT2LMHeadModel"),
+    Family("GPTNeoXConfig", "llmcli.models.gpt_neox", "GPTNeoXForCausalLM"),
 )
 
 
