@@ -385,3 +385,67 @@ def test_every_command_runs_on_each_family(tmp_path, tiny_tokenizer_model, cli, 
         assert "partial RoPE" in text and "parallel" in text and "SwiGLU" not in text
     else:
         assert "RoPE" in words and "SwiGLU" in text
+
+
+# ----------------------------------------------------------------------------- configs
+def test_activation_names_match_the_implemented_ones():
+    from llmcli.config import ACTIVATION_NAMES
+    from llmcli.models.common import ACTIVATIONS
+
+    assert set(ACTIVATION_NAMES) == set(ACTIVATIONS)
+
+
+@pytest.mark.parametrize("case", ["mistral_window", "qwen2_tied_window", "qwen3", "gpt2", "neox_parallel"])
+def test_config_json_fields_read_as_transformers_reads_them(tmp_path, case):
+    """The fields llmcli reads equal transformers' config of the same config.json."""
+    from llmcli.models import load_config
+
+    model_dir, hf = make_family_checkpoint(tmp_path, case)
+    ours, theirs = load_config(model_dir / "config.json"), hf.config
+    for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                 "max_position_embeddings", "tie_word_embeddings"):
+        assert getattr(ours, name) == getattr(theirs, name), name
+    if hasattr(theirs, "layer_types") and theirs.layer_types is not None:
+        windows = [theirs.sliding_window if t == "sliding_attention" else None for t in theirs.layer_types]
+        assert [ours.layer_window(i) for i in range(ours.num_hidden_layers)] == windows
+    if case == "neox_parallel":
+        assert ours.rotary_dim == int(ours.head_dim * 0.5) and ours.rope_theta == 500.0
+    if case == "gpt2":
+        assert ours.intermediate_size == 48 and ours.head_dim == 8
+
+
+def _config_error(tmp_path, raw: dict) -> str:
+    from llmcli.errors import LLMCLIError
+    from llmcli.models import load_config
+
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(LLMCLIError) as info:
+        load_config(tmp_path / "config.json")
+    message = str(info.value)
+    assert "\n" not in message and "config.json" in message
+    return message
+
+
+GPT2 = dict(model_type="gpt2", n_embd=32, n_layer=2, n_head=4, n_positions=64, vocab_size=100)
+NEOX = dict(model_type="gpt_neox", hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+            intermediate_size=64, vocab_size=100)
+QWEN2 = dict(model_type="qwen2", hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, intermediate_size=64, vocab_size=100)
+
+
+@pytest.mark.parametrize("raw, needle", [
+    ({**GPT2, "add_cross_attention": True}, "add_cross_attention"),
+    ({**GPT2, "activation_function": "quick_gelu"}, "quick_gelu"),
+    ({**GPT2, "n_head": 5}, "n_head"),
+    ({**GPT2, "n_embd": 0}, "n_embd"),
+    ({**NEOX, "rotary_pct": 0.375}, "rotary"),            # 8 × 0.375 = 3 rotary dims: odd
+    ({**NEOX, "hidden_act": "gelu_fast"}, "gelu_fast"),
+    ({**NEOX, "rope_scaling": {"type": "dynamic", "factor": 2.0}}, "dynamic"),
+    ({**QWEN2, "layer_types": ["full_attention", "chunked_attention"]}, "layer_types"),
+    ({**QWEN2, "hidden_act": "gelu"}, "hidden_act"),
+    ({**QWEN2, "rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e6}}, "yarn"),
+    ({"model_type": "mistral", "hidden_size": 32, "num_attention_heads": 4, "num_key_value_heads": 2,
+      "num_hidden_layers": 2, "intermediate_size": 64, "sliding_window": -3}, "sliding_window"),
+])
+def test_unimplemented_or_invalid_fields_are_errors(tmp_path, raw, needle):
+    assert needle in _config_error(tmp_path, raw)
