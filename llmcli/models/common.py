@@ -205,8 +205,10 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 # ----------------------------------------------------------------------------- activations
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     """GELU, tanh approximation (Hendrycks & Gimpel 2016), written out as transformers'
-    ``NewGELUActivation`` (``gelu_new``, GPT-2's): ``0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))``."""
-    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+    ``NewGELUActivation`` (``gelu_new``, GPT-2's):
+    ``0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))``."""
+    inner = math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))
+    return 0.5 * x * (1.0 + torch.tanh(inner))
 
 
 #: ``hidden_act`` / ``activation_function`` names (transformers' ``ACT2FN``) → functions.

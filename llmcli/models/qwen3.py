@@ -56,8 +56,10 @@ class Qwen3Attention(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 cache: KVCache | None, start: int, capture: Capture | None) -> torch.Tensor:
         B, T, _ = x.shape
-        q = self.q_norm(self.q_proj(x).view(B, T, self.n_heads, self.head_dim)).transpose(1, 2)  # (B, H, T, Dh)
-        k = self.k_norm(self.k_proj(x).view(B, T, self.n_kv, self.head_dim)).transpose(1, 2)     # (B, K, T, Dh)
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)                   # (B, T, H, Dh)
+        k = self.k_proj(x).view(B, T, self.n_kv, self.head_dim)                      # (B, T, K, Dh)
+        q = self.q_norm(q).transpose(1, 2)   # RMSNorm over each head's Dh    # (B, H, T, Dh)
+        k = self.k_norm(k).transpose(1, 2)                                           # (B, K, T, Dh)
         v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)      # (B, K, T, Dh)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
