@@ -13,6 +13,7 @@ from typing import Iterator
 
 import torch
 
+from llmcli.checks import require_finite
 from llmcli.errors import LLMCLIError
 from llmcli.sampling import Sampler, SamplingParams
 from llmcli.tokenizer import Tokenizer
@@ -68,6 +69,9 @@ class Generation:
 
     Raises (on construction):
         LLMCLIError: empty prompt, or a prompt longer than the context length.
+    Raises (while iterating):
+        llmcli.checks.NonFiniteError: the logits of a step hold NaN or infinity (one line
+            naming the position and the first non-finite stage of the model).
     """
 
     def __init__(self, model, tokenizer: Tokenizer, prompt_ids: list[int], params: SamplingParams,
@@ -126,6 +130,7 @@ class Generation:
 
         t0 = time.perf_counter()
         logits = self._forward(self.prompt_ids, cache)                          # prefill
+        require_finite(self.model, context_ids, logits, len(context_ids) - 1)
         stats.prefill_seconds = time.perf_counter() - t0
         t_first = 0.0
         while True:
@@ -162,6 +167,7 @@ class Generation:
                 return
             yield event
             logits = self._forward([token], cache)                              # decode one
+            require_finite(self.model, context_ids, logits, len(context_ids) - 1)
     def _logprobs(self, event: TokenEvent, logits: torch.Tensor) -> None:
         logp = torch.log_softmax(logits.float(), dim=-1)                       # (V,)
         event.logprob = float(logp[event.id])

@@ -48,7 +48,7 @@ from llmcli.errors import LLMCLIError
 MODEL_DIR_FILES = frozenset({
     "config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
     "tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-    "chat_template.jinja", "README.md", "training.json",
+    "chat_template.jinja", "README.md", "training.json", "gguf_source.json",
 })
 _SHARD = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
 

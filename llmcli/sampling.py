@@ -20,6 +20,7 @@ Every function takes and returns 1-D logits ``(vocab,)``; removed tokens get ``-
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -46,6 +47,10 @@ class SamplingParams:
 
     def validate(self) -> None:
         """Raises :class:`~llmcli.errors.UsageError` naming the option with a bad value."""
+        for option, value in (("--temp", self.temperature), ("--top-p", self.top_p),
+                              ("--min-p", self.min_p), ("--repeat-penalty", self.repeat_penalty)):
+            if not math.isfinite(value):
+                raise UsageError(f"{option}: must be a finite number, got {value}")
         if not self.temperature >= 0:
             raise UsageError(f"--temp: must be >= 0 (0 = greedy), got {self.temperature}")
         if self.top_k < 0:
@@ -77,8 +82,22 @@ def apply_repeat_penalty(logits: torch.Tensor, context_ids: list[int] | torch.Te
 
 
 def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``logits / temperature`` (temperature > 0)."""
-    return logits if temperature == 1.0 else logits / temperature
+    """``logits / temperature`` (temperature > 0).
+
+    A tiny temperature (``1e-38``) makes ``logits / T`` overflow to ±inf (or T itself round to
+    0 in the logits' dtype), and ``softmax`` of that is NaN. Then ``(logits - max) / T`` is
+    returned instead, computed in float64: the same distribution (softmax is unchanged by a
+    shift), with the maximum at 0 and every other logit at a large negative value or -inf,
+    i.e. the greedy limit T → 0+ (all the mass on the arg-max, shared among exact ties).
+    """
+    if temperature == 1.0:
+        return logits
+    scaled = logits / temperature
+    if temperature < 1.0 and not bool(torch.isfinite(scaled.max())):
+        top = logits.max()
+        if bool(torch.isfinite(top)):  # non-finite logits themselves are not ours to fix
+            scaled = ((logits.double() - float(top)) / temperature).to(logits.dtype)
+    return scaled
 
 
 def apply_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:

@@ -9,6 +9,7 @@ never unpickled).
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -165,7 +166,9 @@ def load_model(model_dir: Path | str, dtype: str = "auto", device: str = "cpu",
 
     Raises:
         LLMCLIError: missing directory/config/weights, unsupported architecture, a tensor
-            missing or of the wrong shape (named), or a corrupt weights file.
+            missing or of the wrong shape (named), weights llmcli cannot use as stored
+            (:func:`check_tensors`: quantised, integer or float8 tensors, scales, undeclared
+            biases, extra blocks), or a corrupt weights file.
         UsageError: a bad ``dtype`` or unavailable ``device``.
     """
     import torch
@@ -200,10 +203,7 @@ def load_model(model_dir: Path | str, dtype: str = "auto", device: str = "cpu",
         if tuple(tensors[name].shape) != shape:
             raise LLMCLIError(f"{model_dir}: tensor {name} has shape {list(tensors[name].shape)}, "
                               f"expected {list(shape)} from config.json")
-    extra = sorted(n for n in tensors if n not in shapes and not n.endswith(cls.IGNORED_SUFFIXES))
-    if extra and warn is not None:
-        more = f" (+{len(extra) - 5} more)" if len(extra) > 5 else ""
-        warn(f"{model_dir}: ignoring {len(extra)} unknown tensor(s): {', '.join(extra[:5])}{more}")
+    check_tensors(model_dir, config, tensors, shapes, cls.IGNORED_SUFFIXES, warn)
 
     storage = tensors[embed_name].dtype
     torch_dtype = resolve_dtype(dtype, device, storage)
@@ -222,6 +222,76 @@ def load_model(model_dir: Path | str, dtype: str = "auto", device: str = "cpu",
     model.eval()
     install(model)
     return model, config
+
+
+#: dtypes the model computes with as stored (float64 is a plain float too); anything else
+#: (integers, float8, packed quantised data) needs a dequantisation llmcli does not implement.
+USABLE_DTYPES = ("float32", "float16", "bfloat16", "float64")
+_QUANT_HINTS = ("scale", "zero", "qweight", "qzeros", "g_idx", "absmax", "quant", "SCB")
+_BLOCK_RE = re.compile(r"^(.*?\.)(\d+)\.")
+
+
+def check_tensors(model_dir: Path, config, tensors: dict[str, Any], shapes: dict[str, tuple],
+                  ignored_suffixes: tuple[str, ...] = (), warn=None) -> None:
+    """Refuse weights that would load but compute something else; warn about the rest.
+
+    Refused (one line naming the tensor): a ``quantization_config`` in ``config.json``
+    (llmcli implements no quantisation); a needed tensor stored in a dtype other than
+    :data:`USABLE_DTYPES` (int32, int8, float8_e4m3fn ...: casting the stored integers to
+    float gives wrong values without their scales); an extra tensor of a module the model
+    uses (``..._proj.weight_scale``, a bias ``config.json`` does not declare), which the
+    module's maths would leave out; blocks beyond ``num_hidden_layers``. Warned (through
+    ``warn``): extra tensors of modules the model does not have (an adapter, a vision tower).
+
+    Raises:
+        LLMCLIError: as above.
+    """
+    raw = _raw_config(model_dir / "config.json")
+    quant = raw.get("quantization_config")
+    if quant:
+        method = quant.get("quant_method", "unnamed") if isinstance(quant, dict) else quant
+        raise LLMCLIError(f"{model_dir / 'config.json'}: quantization_config (quant_method "
+                          f"{method!r}) is not supported: llmcli computes with unquantised "
+                          "float32/float16/bfloat16 weights only")
+    for name in shapes:
+        dtype = str(tensors[name].dtype).replace("torch.", "")
+        if dtype not in USABLE_DTYPES:
+            kind = "8-bit float" if "float8" in dtype else "integer" if "int" in dtype else "this"
+            raise LLMCLIError(f"{model_dir}: tensor {name} is stored as {dtype}; llmcli computes "
+                              f"with float32, float16 or bfloat16 weights and implements no {kind} "
+                              "weights or their scales (dequantise the checkpoint first)")
+    used = {name.rsplit(".", 1)[0] for name in shapes}
+    prefixes = {m.group(1) for m in map(_BLOCK_RE.match, shapes) if m}
+    n_blocks = config.num_hidden_layers
+    unknown = []
+    for name in sorted(n for n in tensors if n not in shapes and not n.endswith(ignored_suffixes)):
+        module, leaf = name.rsplit(".", 1) if "." in name else ("", name)
+        m = _BLOCK_RE.match(name)
+        if m and m.group(1) in prefixes and int(m.group(2)) >= n_blocks:
+            raise LLMCLIError(f"{model_dir}: the weights hold block {m.group(2)} ({name}) but "
+                              f"config.json has num_hidden_layers {n_blocks}")
+        if module in used:
+            if leaf == "bias":
+                why = ("a bias config.json does not declare (attention_bias / mlp_bias is "
+                       "false), which the model would leave out")
+            elif any(h in leaf for h in _QUANT_HINTS):
+                why = "a quantisation parameter; llmcli implements no quantisation"
+            else:
+                why = "a parameter llmcli's model of that module does not have"
+            raise LLMCLIError(f"{model_dir}: tensor {name} belongs to {module} and is {why}")
+        unknown.append(name)
+    if unknown and warn is not None:
+        more = f" (+{len(unknown) - 5} more)" if len(unknown) > 5 else ""
+        warn(f"{model_dir}: ignoring {len(unknown)} unknown tensor(s): {', '.join(unknown[:5])}{more}")
+
+
+def _raw_config(path: Path) -> dict:
+    """``config.json`` as parsed JSON ({} when unreadable: the config loader names that)."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return raw if isinstance(raw, dict) else {}
 
 
 def _check_device(device: str) -> None:

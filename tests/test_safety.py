@@ -324,7 +324,92 @@ def test_train_leaves_no_temporary_directory_and_replaces_only_with_force(tmp_pa
     assert stat.S_IMODE((out / "model.safetensors").stat().st_mode) == 0o666 & ~_umask()
 
 
-# ============================================================================= training
+# ============================================================================= non-finite
+def _poisoned(tiny: Path, tmp_path: Path, name: str, value: float, rows=None) -> Path:
+    model_dir = _copy(tiny, tmp_path / "poisoned")
+
+    def edit(state):
+        if rows is None:
+            state[name][0, 0] = value
+        else:
+            state[name][rows] = value
+    _edit_weights(model_dir, edit)
+    return model_dir
+
+
+MODEL_COMMANDS = [
+    ("generate", "-n", "4", "--temp", "0"),
+    ("generate", "-n", "4", "-s", "1"),
+    ("logits",),
+    ("logits", "--json"),
+    ("topk",),
+    ("topk", "--json"),
+    ("topk", "--steps", "3", "-s", "2"),
+    ("trace",),
+    ("trace", "--json"),
+]
+
+
+@pytest.mark.parametrize("args", MODEL_COMMANDS, ids=" ".join)
+def test_nan_weight_is_one_error_naming_the_first_block(tiny, cli, tmp_path, args):
+    model_dir = _poisoned(tiny, tmp_path, "model.layers.1.mlp.down_proj.weight", float("nan"))
+    n = len(spm.SentencePieceProcessor(model_file=str(tiny / "tokenizer.model")).encode(TEXT)) + 1
+    message = one_line_error(cli(*args[:1], "-m", model_dir, TEXT, *args[1:]), 1,
+                             "non-finite logits", "(model.layers.1.mlp first",
+                             "model.layers.1.mlp.down_proj.weight holds nan")
+    # the first position whose logits are non-finite: generate and topk compute only the
+    # last one (KV cache); logits and trace compute every position
+    first = n - 1 if args[0] in ("generate", "topk") else 0
+    assert f"at position {first} " in message
+
+
+def test_inf_embedding_row_is_found_at_the_embedding(tiny, cli, tmp_path):
+    ids = spm.SentencePieceProcessor(model_file=str(tiny / "tokenizer.model")).encode(TEXT)
+    model_dir = _poisoned(tiny, tmp_path, "model.embed_tokens.weight", float("inf"), rows=ids[2])
+    for cmd in ("logits", "topk", "trace", "generate"):
+        one_line_error(cli(cmd, "-m", model_dir, TEXT), 1, "non-finite",
+                       "model.embed_tokens first, at position 3",
+                       "tensor model.embed_tokens.weight holds inf")
+    one_line_error(cli("embeddings", "-m", model_dir, TEXT, "--layer", "2"), 1,
+                   "non-finite hidden state", "(model.embed_tokens first, at position 3)")
+    sp = spm.SentencePieceProcessor(model_file=str(tiny / "tokenizer.model"))
+    other = next(t for t in ("Max", "park", "dog", "sun", "Lily") if ids[2] not in sp.encode(t))
+    code, _, err = cli("embeddings", "-m", model_dir, other)  # a text without that token
+    assert code == 0, err
+    one_line_error(cli("logits", "-m", model_dir, TEXT, "--save", tmp_path / "x.safetensors"), 1,
+                   "non-finite")
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_float16_overflow_says_so(tiny, cli, tmp_path):
+    """Weights that are fine in float32 but whose activations overflow float16's range
+    (65504): the error names the block and the dtype; float32 works."""
+    model_dir = _copy(tiny, tmp_path / "big")
+    _edit_weights(model_dir, lambda s: s["model.layers.0.mlp.down_proj.weight"].mul_(1e5))
+    code, _, err = cli("logits", "-m", model_dir, TEXT, "--dtype", "float32")
+    assert code == 0, err
+    message = one_line_error(cli("logits", "-m", model_dir, TEXT, "--dtype", "float16"), 1,
+                             "non-finite logits", "float16")
+    assert "model.layers.0" in message and "holds" not in message  # the weights fit float16
+
+
+def test_non_finite_check_in_the_library(tiny):
+    from llmcli.generation import Generation
+    from llmcli.sampling import SamplingParams
+    from llmcli.tokenizer import Tokenizer
+    from llmcli.weights import load_model
+
+    model, config = load_model(tiny)
+    with torch.no_grad():
+        model.model.layers[0].self_attn.o_proj.weight[3, 3] = float("nan")
+    tok = Tokenizer(tiny / "tokenizer.model")
+    ids = tok.encode("Once upon")
+    gen = Generation(model, tok, ids, SamplingParams(temperature=0), 5)
+    with pytest.raises(LLMCLIError, match=rf"non-finite logits \(nan\) at position {len(ids) - 1} "
+                                          r"\(model.layers.0.self_attn first"):
+        list(gen)
+
+
 def test_diverging_training_stops_with_one_line(tmp_path):
     corpus = _corpus(tmp_path)
     proc = _llmcli("train", corpus, "--holdout", "w1.txt", "-o", tmp_path / "out", *QUICK,
@@ -333,3 +418,161 @@ def test_diverging_training_stops_with_one_line(tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "--lr" in last and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+# ============================================================================= temperature
+def test_tiny_temperature_is_the_greedy_limit():
+    from llmcli.sampling import Sampler, SamplingParams, apply_temperature
+
+    logits = torch.tensor([1.0, 7.5, -3.0, 7.25, 0.0])
+    for t in (1e-38, 1e-45, 1e-30, 1e-3):
+        scaled = apply_temperature(logits, t)
+        probs = torch.softmax(scaled, dim=-1)
+        assert not torch.isnan(probs).any(), t
+        assert probs[1] == pytest.approx(1.0) and probs.argmax() == 1
+        for seed in range(5):
+            assert Sampler(SamplingParams(temperature=t, top_k=0, top_p=1.0, min_p=0.0,
+                                          seed=seed))(logits) == 1
+    neg = torch.tensor([-50.0, -60.0, -55.0])  # every logit / T underflows to -inf
+    assert Sampler(SamplingParams(temperature=1e-40, seed=0))(neg) == 0
+    ties = torch.tensor([2.0, 5.0, 5.0, 1.0])  # the limit is uniform over the tied maxima
+    picks = {Sampler(SamplingParams(temperature=1e-38, top_k=0, top_p=1.0, min_p=0.0, seed=s))(ties)
+             for s in range(40)}
+    assert picks == {1, 2}
+
+
+def test_tiny_temperature_across_commands(tiny, cli):
+    m = ("-m", tiny)
+    code, greedy, err = cli("generate", *m, TEXT, "-n", "8", "--temp", "0")
+    assert code == 0, err
+    for t in ("1e-38", "1e-45", "1e-300"):
+        code, out, err = cli("generate", *m, TEXT, "-n", "8", "--temp", t, "-s", "3")
+        assert code == 0 and out == greedy, (t, err)
+        code, out, err = cli("topk", *m, TEXT, "--temp", t, "--json", "--steps", "3", "-s", "1")
+        assert code == 0, err
+        doc = json.loads(out)
+        for step in doc["steps"]:
+            assert step["candidates"][0]["prob"] == pytest.approx(1.0)
+            assert step["entropy_bits"] == pytest.approx(0.0, abs=1e-9)
+            assert step["chosen"]["rank"] == 0
+        code, out, err = cli("trace", *m, TEXT, "--temp", t, "--json")
+        assert code == 0, err
+        assert json.loads(out)["top"][0]["prob"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("cmd", ["generate", "topk", "trace"])
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf"])
+def test_non_finite_temperature_is_a_usage_error(tiny, cli, cmd, value):
+    one_line_error(cli(cmd, "-m", tiny, TEXT, "--temp", value), 2, "--temp")
+
+
+@pytest.mark.parametrize("option", ["--repeat-penalty", "--top-p", "--min-p"])
+def test_non_finite_sampling_values_are_usage_errors(tiny, cli, option):
+    one_line_error(cli("generate", "-m", tiny, TEXT, option, "inf"), 2, option)
+
+
+# ============================================================================= dtypes
+def load_error(path) -> str:
+    from llmcli.weights import load_model
+
+    with pytest.raises(LLMCLIError) as info:
+        load_model(path, warn=lambda m: None)
+    message = str(info.value)
+    assert message and "\n" not in message
+    return message
+
+
+def test_integer_weights_are_refused_naming_tensor_and_dtype(tiny, tmp_path):
+    model_dir = _copy(tiny, tmp_path / "int")
+    name = "model.layers.0.mlp.up_proj.weight"
+    _edit_weights(model_dir, lambda s: s.__setitem__(name, (s[name] * 100).to(torch.int32)))
+    message = load_error(model_dir)
+    assert name in message and "int32" in message
+
+
+def test_float8_with_scales_is_refused(tiny, tmp_path):
+    model_dir = _copy(tiny, tmp_path / "fp8")
+    name = "model.layers.1.self_attn.q_proj.weight"
+
+    def edit(state):
+        state[name] = state[name].to(torch.float8_e4m3fn)
+        state[name + "_scale"] = torch.tensor(0.01)
+    _edit_weights(model_dir, edit)
+    message = load_error(model_dir)
+    assert name in message and "float8_e4m3fn" in message
+
+
+def test_scale_tensor_alone_is_refused(tiny, tmp_path):
+    """A parameter of a module llmcli uses as a plain linear layer changes its maths: not an
+    'unknown tensor' to ignore."""
+    model_dir = _copy(tiny, tmp_path / "scale")
+    _edit_weights(model_dir, lambda s: s.__setitem__("model.layers.0.mlp.down_proj.weight_scale",
+                                                     torch.tensor(2.0)))
+    message = load_error(model_dir)
+    assert "model.layers.0.mlp.down_proj.weight_scale" in message
+
+
+def test_bias_not_declared_in_the_config_is_refused(tiny, tmp_path):
+    model_dir = _copy(tiny, tmp_path / "bias")
+    _edit_weights(model_dir, lambda s: s.__setitem__("model.layers.0.self_attn.q_proj.bias",
+                                                     torch.ones(32)))
+    message = load_error(model_dir)
+    assert "model.layers.0.self_attn.q_proj.bias" in message and "attention_bias" in message
+
+
+def test_more_blocks_than_the_config_says_is_refused(tiny, tmp_path):
+    model_dir = _copy(tiny, tmp_path / "deeper")
+    _edit_weights(model_dir, lambda s: s.__setitem__("model.layers.2.mlp.up_proj.weight",
+                                                     torch.ones(64, 32)))
+    message = load_error(model_dir)
+    assert "model.layers.2" in message and "num_hidden_layers" in message
+
+
+@pytest.mark.parametrize("method", ["fp8", "gptq", "bitsandbytes"])
+def test_quantization_config_is_refused(tiny, tmp_path, method, cli):
+    model_dir = _copy(tiny, tmp_path / method)
+    _edit_config(model_dir, quantization_config={"quant_method": method})
+    message = load_error(model_dir)
+    assert "quantization_config" in message and method in message
+    one_line_error(cli("generate", "-m", model_dir, TEXT), 1, "quantization_config")
+
+
+# ============================================================================= vocabulary fit
+@pytest.fixture(scope="module")
+def small_tokenizer(tmp_path_factory) -> Path:
+    buf = io.BytesIO()
+    corpus = ["Once upon a time there was a little girl named Lily.", "She liked to play."]
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(corpus * 20), model_writer=buf,
+                                   vocab_size=60, model_type="bpe", num_threads=1, minloglevel=2,
+                                   hard_vocab_limit=False)
+    path = tmp_path_factory.mktemp("small_tok") / "tokenizer.model"
+    path.write_bytes(buf.getvalue())
+    return path
+
+
+ALL_MODEL_COMMANDS = [("generate", "-n", "2"), ("embeddings",), ("logits",), ("topk",), ("trace",)]
+
+
+@pytest.mark.parametrize("args", ALL_MODEL_COMMANDS, ids=" ".join)
+def test_smaller_tokenizer_is_one_warning_line(tiny, cli, tmp_path, small_tokenizer, args):
+    model_dir = _copy(tiny, tmp_path / "padded")
+    shutil.copyfile(small_tokenizer, model_dir / "tokenizer.model")
+    v = _vocab(small_tokenizer)
+    code, _, err = cli(*args[:1], "-m", model_dir, TEXT, *args[1:])
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1, err
+    assert f"{v} pieces" in warnings[0] and "320" in warnings[0]
+
+
+@pytest.mark.parametrize("args", ALL_MODEL_COMMANDS, ids=" ".join)
+def test_larger_tokenizer_is_refused_everywhere(tiny, cli, tmp_path, small_tokenizer, args):
+    model_dir = _copy(tiny, tmp_path / "small")
+    v = _vocab(small_tokenizer)
+    # the model has 40 rows: fewer than the 320-piece tokenizer
+    _edit_config(model_dir, vocab_size=40)
+    _edit_weights(model_dir, lambda s: [s.__setitem__(k, s[k][:40].clone()) for k in
+                                        ("model.embed_tokens.weight", "lm_head.weight")])
+    one_line_error(cli(*args[:1], "-m", model_dir, TEXT, *args[1:]), 1, "320 pieces",
+                   "vocab_size 40")
+    assert v  # (the small tokenizer is used by the warning test)

@@ -143,10 +143,9 @@ def run_generate(text: str, model_dir, params, max_tokens: int, stop: list[str],
                                warn=lambda m: err.print(f"warning: {m}", markup=False))
     if tokenizer is None:  # pragma: no cover - load_model raised already
         return
-    if tokenizer.vocab_size > config.vocab_size:
-        from llmcli.errors import LLMCLIError
-        raise LLMCLIError(f"{tokenizer.path}: vocabulary of {tokenizer.vocab_size} pieces does not fit "
-                          f"the model's vocab_size {config.vocab_size}")
+    from llmcli.checks import check_vocab_fit
+
+    check_vocab_fit(tokenizer, config, warn=lambda m: err.print(f"warning: {m}", markup=False))
     load_seconds = time.perf_counter() - t0
     prompt_ids = tokenizer.encode(text, add_bos=add_bos, special=special)
     eos_ids = tokenizer.eos_ids

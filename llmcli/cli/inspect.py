@@ -81,9 +81,9 @@ def _prepare(text_arg: str | None, model: Path | None, dtype: str, threads: int 
     text = read_prompt(text_arg)
     model_dir, tokenizer = _tokenizer(model)
     config = load_config(model_dir / "config.json")
-    if tokenizer.vocab_size > config.vocab_size:
-        raise LLMCLIError(f"{tokenizer.path}: vocabulary of {tokenizer.vocab_size} pieces does not fit "
-                          f"the model's vocab_size {config.vocab_size}")
+    from llmcli.checks import check_vocab_fit
+
+    check_vocab_fit(tokenizer, config, warn=lambda m: _note(f"warning: {m}"))
     ids = tokenizer.encode(text, add_bos=False if no_bos else None, special=special)
     if not ids:
         raise UsageError("TEXT: gives no tokens (empty text with --no-bos): nothing to run the model on"
@@ -284,7 +284,7 @@ def embeddings_command(
     _load_weights(ctx, dtype, device, threads)
     from llmcli.inspection.tensors import embeddings_report, forward, hidden_state
 
-    _, capture = forward(ctx.model, ctx.ids)
+    _, capture = forward(ctx.model, ctx.ids, check_logits=False)  # the hidden state is checked
     result = embeddings_report(ctx.model, ctx.tokenizer, ctx.ids, capture, layer, neighbors)
     if save is not None:
         import torch
@@ -385,8 +385,9 @@ def topk_command(
     """
     from llmcli.sampling import SamplingParams
 
-    if not temp > 0:
-        raise UsageError(f"--temp: must be > 0 (probabilities are softmax(logits / T)), got {temp}")
+    if not 0 < temp < float("inf"):
+        raise UsageError(f"--temp: must be a finite number > 0 (probabilities are softmax(logits / T)), "
+                         f"got {temp}")
     SamplingParams(temperature=temp, top_k=0, top_p=top_p, min_p=min_p, seed=seed).validate()
     if steps < 1:
         raise UsageError(f"--steps: must be at least 1, got {steps}")
@@ -472,8 +473,8 @@ def trace_command(
 
         llmcli trace "To be, or not to be" --attention 2 --head 1
     """
-    if not temp > 0:
-        raise UsageError(f"--temp: must be > 0, got {temp}")
+    if not 0 < temp < float("inf"):
+        raise UsageError(f"--temp: must be a finite number > 0, got {temp}")
     if head is not None and attention is None:
         raise UsageError("--head: needs --attention L (the block whose heads to draw)")
     ctx = _prepare(text, model, dtype, threads, no_bos, special)

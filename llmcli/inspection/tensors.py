@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from llmcli.config import ROPE_POSITION_NOTE
+from llmcli.checks import require_finite
 from llmcli.errors import LLMCLIError
 from llmcli.models.common import Capture
 from llmcli.sampling import (Sampler, SamplingParams, apply_min_p, apply_temperature, apply_top_p,
@@ -53,8 +54,13 @@ def token_text(tokenizer, token_id: int) -> str:
     return tokenizer.token_bytes(token_id).decode("utf-8", errors="replace")
 
 
-def forward(model, ids: list[int], attentions: bool = False) -> tuple[torch.Tensor, Capture]:
+def forward(model, ids: list[int], attentions: bool = False,
+            check_logits: bool = True) -> tuple[torch.Tensor, Capture]:
     """One full causal forward of ``ids`` → ``(logits (T, V) float32, capture)``.
+
+    Raises:
+        llmcli.checks.NonFiniteError: with ``check_logits``, some logits are NaN or infinite
+            (the first such position and the first non-finite stage named).
 
     ``capture.hidden_states`` has N+1 tensors (1, T, D), ``capture.residuals`` N, and with
     ``attentions`` ``capture.attentions`` N tensors (1, H, T, T) of softmax weights (eager path).
@@ -63,6 +69,8 @@ def forward(model, ids: list[int], attentions: bool = False) -> tuple[torch.Tens
     with torch.inference_mode():
         x = torch.tensor([ids], dtype=torch.long, device=model.device)
         logits = model(x, capture=capture)[0].float()
+    if check_logits:
+        require_finite(model, ids, logits)
     return logits, capture
 
 
@@ -88,8 +96,8 @@ def candidates(tokenizer, logits: torch.Tensor, k: int, temperature: float = 1.0
     """The ``k`` most probable tokens of ``softmax(logits / temperature)``, most probable first:
     ``[{"rank", "id", "piece", "logit", "prob", "logprob", "cumulative"}]`` (``logit`` raw,
     ``cumulative`` the probability of this token and all above it)."""
-    scaled = apply_temperature(logits.float(), temperature)
-    logp = torch.log_softmax(scaled.double(), dim=-1)
+    scaled = apply_temperature(logits.double(), temperature)  # float64: tiny T stays finite
+    logp = torch.log_softmax(scaled, dim=-1)
     values, ids = torch.topk(scaled, min(k, scaled.shape[-1]))
     out, cum = [], 0.0
     for rank, i in enumerate(ids.tolist()):
@@ -198,10 +206,15 @@ def nearest_tokens(model, tokenizer, vectors: torch.Tensor, k: int) -> list[list
 
 def embeddings_report(model, tokenizer, ids: list[int], capture: Capture, layer: int,
                       neighbors: int = 0) -> EmbeddingsResult:
-    """Hidden state ``layer`` (0..N) of each token, from a :func:`forward` capture."""
+    """Hidden state ``layer`` (0..N) of each token, from a :func:`forward` capture.
+
+    Raises:
+        llmcli.checks.NonFiniteError: the hidden state holds NaN or infinity.
+    """
     n = model.config.num_hidden_layers
     arch = model.architecture
     h = hidden_state(capture, layer)                                             # (T, D)
+    require_finite(model, ids, h, what="hidden state")
     components = []
     if layer == 0 and arch.position_embedding:       # GPT-2: token row + position row
         for part, name in (("token", arch.token_embedding), ("position", arch.position_embedding)):
@@ -326,6 +339,7 @@ def topk_report(model, tokenizer, ids: list[int], k: int, temperature: float = 1
 
     Raises:
         LLMCLIError: the prompt plus the steps do not fit the context.
+        llmcli.checks.NonFiniteError: a step's logits hold NaN or infinity.
     """
     context = model.config.max_position_embeddings
     if len(ids) + steps - 1 > context:
@@ -343,10 +357,11 @@ def topk_report(model, tokenizer, ids: list[int], k: int, temperature: float = 1
         cache = model.new_cache(batch=1, max_len=len(ids) + steps - 1)
         x = torch.tensor([ids], dtype=torch.long, device=model.device)
         logits = model(x, cache=cache, last_only=True)[0, -1].float()          # (V,)
+        require_finite(model, context_ids, logits, len(context_ids) - 1)
         for step in range(steps):
             st = topk_step(tokenizer, logits, k, temperature, top_p, min_p, position=len(context_ids) - 1)
             token = sampler(logits)
-            logp = torch.log_softmax(apply_temperature(logits, temperature).double(), dim=-1)
+            logp = torch.log_softmax(apply_temperature(logits.double(), temperature), dim=-1)
             rank = int((logits > logits[token]).sum())
             st.chosen = {"id": token, "piece": piece_of(tokenizer, token), "text": token_text(tokenizer, token),
                          "logit": float(logits[token]), "prob": math.exp(float(logp[token])),
@@ -359,6 +374,7 @@ def topk_report(model, tokenizer, ids: list[int], k: int, temperature: float = 1
             if step < steps - 1:
                 x = torch.tensor([[token]], dtype=torch.long, device=model.device)
                 logits = model(x, cache=cache, last_only=True)[0, -1].float()
+                require_finite(model, context_ids, logits, len(context_ids) - 1)
     return TopkResult(tokens=token_dicts(tokenizer, ids), k=k, temperature=temperature, top_p=top_p,
                       min_p=min_p, sampled=sampled, seed=sampler.seed if sampled else None,
                       steps=out, stop_reason=stop_reason)
