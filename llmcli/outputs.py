@@ -20,7 +20,8 @@ Directories (``convert SRC OUT_DIR``, ``train -o DIR``, :func:`llmcli.weights.sa
   into place at the end; the directory it replaces is deleted only after that;
 - DIR may be absent or an empty directory; an existing, non-empty DIR is replaced only with
   ``--force``, and only when it holds nothing but the files llmcli writes into a model
-  directory (:data:`MODEL_DIR_FILES`, ``config.json`` among them): a model directory, never a
+  directory (:data:`MODEL_DIR_FILES`, with ``config.json`` or a tokenizer file among them):
+  a model directory, never a
   folder of other files, which is refused even with ``--force``, naming a file it holds;
 - never the current directory or one of its parents, a directory holding an input of the
   command (the source file, the corpus), a symbolic link, or something that is not a
@@ -44,12 +45,15 @@ from typing import Callable, Iterable, Iterator
 from llmcli.errors import LLMCLIError
 
 #: The files llmcli (convert, train, save_model) writes into a model directory; a directory
-#: holding only these (and config.json) is one llmcli may replace with --force.
+#: holding only these (config.json or a tokenizer file among them) is one llmcli may replace
+#: with --force.
 MODEL_DIR_FILES = frozenset({
     "config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
     "tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
     "chat_template.jinja", "README.md", "training.json", "gguf_source.json",
 })
+#: One of these must be present (a vocabulary-only conversion writes no config.json).
+_MODEL_DIR_MARKERS = ("config.json", "tokenizer.json", "tokenizer.model")
 _SHARD = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
 
 
@@ -190,9 +194,10 @@ def check_output_dir(out_dir: Path | str, option: str | None = None, force: bool
         raise LLMCLIError(f"{label}: holds files llmcli did not write ({shown}); llmcli replaces "
                           "only an empty directory or a model directory it wrote: choose another "
                           "directory")
-    if not (out_dir / "config.json").is_file():
+    if not any((out_dir / name).is_file() for name in _MODEL_DIR_MARKERS):
         raise LLMCLIError(f"{label}: holds {', '.join(e.name for e in entries[:3])} but no "
-                          "config.json: not a model directory llmcli wrote; choose another directory")
+                          "config.json or tokenizer file: not a model directory llmcli wrote; "
+                          "choose another directory")
     if not force:
         raise LLMCLIError(f"{label}: already exists; use --force to replace it")
     return out_dir

@@ -247,6 +247,38 @@ def test_convert_refuses_a_symlinked_out_dir(cli, tmp_path, tiny_tokenizer_model
     assert link.is_symlink() and list(real.iterdir()) == []
 
 
+def test_output_dir_rule_cases(tmp_path):
+    """The directory rule on its own: what is a model directory llmcli may replace."""
+    from llmcli.outputs import check_output_dir
+
+    def make(name, *files):
+        d = tmp_path / name
+        d.mkdir()
+        for f in files:
+            (d / f).write_text("x")
+        return d
+
+    ok = [make("model", "config.json", "model.safetensors", "tokenizer.model", "README.md"),
+          make("vocab_only", "tokenizer.json", "tokenizer_config.json", "README.md"),
+          make("sharded", "config.json", "model-00001-of-00002.safetensors",
+               "model-00002-of-00002.safetensors", "model.safetensors.index.json")]
+    for d in ok:
+        with pytest.raises(LLMCLIError, match="already exists.*--force"):
+            check_output_dir(d, "-o")
+        assert check_output_dir(d, "-o", force=True) == d
+    assert check_output_dir(make("empty"), "-o") == tmp_path / "empty"
+    with pytest.raises(LLMCLIError, match="no config.json or tokenizer file"):
+        check_output_dir(make("readme_only", "README.md"), "-o", force=True)
+    with pytest.raises(LLMCLIError, match=r"holds files llmcli did not write \(a.txt, b.txt, c.txt "
+                                          r"and 1 more\)"):
+        check_output_dir(make("mixed", "config.json", "a.txt", "b.txt", "c.txt", "d.txt"), "-o",
+                         force=True)
+    sub = make("with_subdir", "config.json")
+    (sub / "checkpoints").mkdir()
+    with pytest.raises(LLMCLIError, match="checkpoints"):
+        check_output_dir(sub, "-o", force=True)
+
+
 def test_save_model_keeps_unrelated_files_and_leaves_no_old_dir(tmp_path, tiny):
     from llmcli.weights import load_model, save_model
 
@@ -550,7 +582,17 @@ def small_tokenizer(tmp_path_factory) -> Path:
     return path
 
 
-ALL_MODEL_COMMANDS = [("generate", "-n", "2"), ("embeddings",), ("logits",), ("topk",), ("trace",)]
+ALL_MODEL_COMMANDS = [("generate", "-n", "2"), ("embeddings",), ("logits",), ("topk",), ("trace",),
+                      ("chat", "-n", "2", "--temp", "0")]
+_TEMPLATE = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
+
+
+def _run_model_command(cli, model_dir: Path, args):
+    """``llmcli CMD -m DIR TEXT ARGS``; chat gets a minimal template and TEXT on stdin."""
+    if args[0] == "chat":
+        (model_dir / "tokenizer_config.json").write_text(json.dumps({"chat_template": _TEMPLATE}))
+        return cli("chat", "-m", model_dir, *args[1:], stdin=TEXT + "\n")
+    return cli(args[0], "-m", model_dir, TEXT, *args[1:])
 
 
 @pytest.mark.parametrize("args", ALL_MODEL_COMMANDS, ids=" ".join)
@@ -558,7 +600,7 @@ def test_smaller_tokenizer_is_one_warning_line(tiny, cli, tmp_path, small_tokeni
     model_dir = _copy(tiny, tmp_path / "padded")
     shutil.copyfile(small_tokenizer, model_dir / "tokenizer.model")
     v = _vocab(small_tokenizer)
-    code, _, err = cli(*args[:1], "-m", model_dir, TEXT, *args[1:])
+    code, _, err = _run_model_command(cli, model_dir, args)
     assert code == 0, err
     warnings = [line for line in err.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1, err
@@ -573,6 +615,5 @@ def test_larger_tokenizer_is_refused_everywhere(tiny, cli, tmp_path, small_token
     _edit_config(model_dir, vocab_size=40)
     _edit_weights(model_dir, lambda s: [s.__setitem__(k, s[k][:40].clone()) for k in
                                         ("model.embed_tokens.weight", "lm_head.weight")])
-    one_line_error(cli(*args[:1], "-m", model_dir, TEXT, *args[1:]), 1, "320 pieces",
-                   "vocab_size 40")
+    one_line_error(_run_model_command(cli, model_dir, args), 1, "320 pieces", "vocab_size 40")
     assert v  # (the small tokenizer is used by the warning test)

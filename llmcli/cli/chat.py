@@ -108,9 +108,9 @@ class ChatSession:
 
         self.tokenizer = load_tokenizer(model_dir)
         self.model, self.config = load_model(model_dir, dtype=dtype, device=device, warn=warn)
-        if self.tokenizer.vocab_size > self.config.vocab_size:
-            raise LLMCLIError(f"{self.tokenizer.path}: vocabulary of {self.tokenizer.vocab_size} tokens "
-                              f"does not fit the model's vocab_size {self.config.vocab_size}")
+        from llmcli.checks import check_vocab_fit
+
+        check_vocab_fit(self.tokenizer, self.config, warn)  # as every model command
         self.load_seconds = time.perf_counter() - t0
         self.context = self.config.max_position_embeddings
         eos = list(self.config.eos_token_id) + list(getattr(self.tokenizer, "eos_ids", []) or [])
