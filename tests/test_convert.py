@@ -544,7 +544,7 @@ def _bad_inputs(tmp: Path, sp_bpe: Path) -> dict:
     g1[4:8] = struct.pack("<I", 1)
     (tmp / "v1.gguf").write_bytes(bytes(g1))
     cases["gguf version 1"] = ([], tmp / "v1.gguf", 1, "GGUF version 1")
-    cases["gguf arch"] = ([], write_gguf(tmp / "qwen.gguf", w, sp_bpe, arch="qwen2"), 1, "'qwen2'")
+    cases["gguf arch"] = ([], write_gguf(tmp / "mamba.gguf", w, sp_bpe, arch="mamba"), 1, "'mamba'")
     cases["gguf MXFP4"] = ([], write_gguf(tmp / "mxfp4.gguf", w, sp_bpe, qtype=gguf.GGMLQuantizationType.MXFP4),
                            1, "MXFP4")
     cases["gguf gpt2 tokenizer without merges"] = (

@@ -268,14 +268,19 @@ def _readme(src: Path, out_dir: Path, ckpt: Checkpoint, digest: str, dtype: str,
     if command:
         lines.append(f"| Command | `{command}` |")
     lines += ["", "## Conversion", ""]
-    if cfg is not None:
+    if cfg is not None and cfg.family == "llama":
         lines.append("- q_proj and k_proj rows were permuted per head from interleaved-pair RoPE "
                      "(llama2.c / Meta / llama.cpp layout) to Hugging Face's rotate-half layout "
                      f"({cfg.num_attention_heads} query heads, {cfg.num_key_value_heads} key/value heads).")
     lines += [f"- {note}" for note in notes]
     if cfg is not None:
-        lines.append("- Tensors were renamed to Hugging Face Llama names; the result loads with "
-                     "`llmcli` and with transformers' `LlamaForCausalLM.from_pretrained`.")
+        undone = {"gpt2": "GPT-2's Conv1D matrices (c_attn, c_proj, c_fc) transposed back to "
+                          "(in, out); ",
+                  "gpt_neox": "query_key_value rows regrouped per head (llama.cpp stores all "
+                              "queries, then all keys, then all values); "}.get(cfg.family, "")
+        lines.append(f"- {undone}Tensors were renamed to Hugging Face {type(cfg).title} names; the "
+                     f"result loads with `llmcli` and with transformers' "
+                     f"`{cfg.architectures[0]}.from_pretrained`.")
     if ckpt.sources:
         lines += ["", "## Source tensors", "",
                   "Each tensor's name and type in the GGUF file (also in `model.safetensors`' "

@@ -1,5 +1,6 @@
-"""Read GGUF files (versions 2 and 3) with the ``gguf`` package: ``llama``-architecture models,
-or vocabulary-only files of any architecture.
+"""Read GGUF files (versions 2 and 3) with the ``gguf`` package: ``llama``-architecture models
+(here), ``qwen2``, ``gpt2`` and ``gptneox`` models (:mod:`llmcli.convert.gguf_families`), or
+vocabulary-only files of any architecture.
 
 Reader: ``gguf.GGUFReader`` (ggml-org's own, on PyPI, numpy memory maps) for metadata and
 tensor data, and ``gguf.quants.dequantize`` for every quantized type. It was kept over a
@@ -158,9 +159,11 @@ def read_gguf(path: Path, build_tokenizer: bool = True) -> Checkpoint:
                         "only the tokenizer was converted.")
         return Checkpoint(config=None, tensors={}, format=fmt, tokenizer_files=vocab.files,
                           notes=notes)
-    if arch != "llama":
+    from llmcli.convert.gguf_families import ARCHITECTURES, read_family
+
+    if arch != "llama" and arch not in ARCHITECTURES:
         raise LLMCLIError(f"{path}: GGUF architecture {arch!r} is not supported "
-                          "(llmcli converts 'llama' only)")
+                          f"(llmcli converts {', '.join(('llama',) + ARCHITECTURES)})")
     for t in reader.tensors:
         if t.data_offset + t.n_bytes > size:
             raise LLMCLIError(f"{path}: truncated GGUF file: tensor {t.name} ends at byte "
@@ -177,9 +180,12 @@ def read_gguf(path: Path, build_tokenizer: bool = True) -> Checkpoint:
         raise LLMCLIError(f"{path}: big-endian GGUF files are supported with F32 and F16 tensors only")
     vocab = None
     if build_tokenizer and ("tokenizer.ggml.model" in meta or "tokenizer.ggml.tokens" in meta):
-        vocab = _vocab(path, meta, notes, meta.get("llama.context_length"))
-    config = _config(path, meta, reader, notes, vocab)
-    tensors, sources = _tensors(path, reader, config)
+        vocab = _vocab(path, meta, notes, meta.get(f"{arch}.context_length"))
+    if arch == "llama":
+        config = _config(path, meta, reader, notes, vocab)
+        tensors, sources = _tensors(path, reader, config)
+    else:   # qwen2, gpt2, gptneox: llmcli.convert.gguf_families
+        config, tensors, sources = read_family(path, arch, meta, reader, notes, vocab, _loader)
     matrix_types = {types[t.name] for t in reader.tensors if len(t.shape) > 1}
     default = {frozenset({"F32"}): "float32", frozenset({"F16"}): "float16",
                frozenset({"BF16"}): "bfloat16"}.get(frozenset(matrix_types), "float32")
