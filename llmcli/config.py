@@ -189,6 +189,17 @@ class HFConfig:
         """The sliding attention window of block ``index``, or None (full causal attention)."""
         return None
 
+    def to_dict(self) -> dict[str, Any]:
+        """A ``config.json`` dict that both llmcli and transformers load (the family's field
+        names; ``eos_token_id`` an int when there is one; unset optional fields left out)."""
+        out = asdict(self)
+        out["architectures"] = [self.architectures[0]]
+        out["eos_token_id"] = self.eos_token_id[0] if len(self.eos_token_id) == 1 else self.eos_token_id
+        for key in ("rope_scaling", "torch_dtype"):
+            if key in out and out[key] is None:
+                del out[key]
+        return out
+
 
 def _check_rope(source: str, theta: Any, scaling: Any) -> None:
     """RoPE fields: a positive theta and an implemented, complete scaling."""
@@ -334,16 +345,6 @@ class LlamaConfig(HFConfig):
             layers="model.layers", attention_module="self_attn", mlp_module="mlp",
             final_norm="model.norm", lm_head="lm_head")
 
-    def to_dict(self) -> dict[str, Any]:
-        """A ``config.json`` dict that both llmcli and transformers load."""
-        out = asdict(self)
-        out["architectures"] = [self.architectures[0]]
-        out["eos_token_id"] = self.eos_token_id[0] if len(self.eos_token_id) == 1 else self.eos_token_id
-        if out["rope_scaling"] is None:
-            del out["rope_scaling"]
-        if out["torch_dtype"] is None:
-            del out["torch_dtype"]
-        return out
 
 
 # ----------------------------------------------------------------------------- Mistral
@@ -644,6 +645,16 @@ class GPTNeoXConfig(HFConfig):
 
     num_key_value_heads = property(lambda self: self.num_attention_heads)
     head_dim = property(lambda self: self.hidden_size // self.num_attention_heads)
+
+    def to_dict(self) -> dict[str, Any]:
+        """As :meth:`HFConfig.to_dict`, RoPE written both ways: ``rope_parameters``
+        (transformers 5) and the legacy ``rotary_pct``/``rotary_emb_base``."""
+        out = super().to_dict()
+        theta = out.pop("rope_theta")
+        out["rotary_emb_base"] = theta
+        out["rope_parameters"] = {"rope_type": self.rope_type, "rope_theta": theta,
+                                  "partial_rotary_factor": self.rotary_pct, **(self.rope_scaling or {})}
+        return out
 
     @property
     def rotary_dim(self) -> int:
