@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from llmcli.config import ROPE_POSITION_NOTE
 from llmcli.checks import require_finite
+from llmcli.config import ROPE_POSITION_NOTE
 from llmcli.errors import LLMCLIError
 from llmcli.models.common import Capture
 from llmcli.sampling import (Sampler, SamplingParams, apply_min_p, apply_temperature, apply_top_p,
