@@ -133,7 +133,7 @@ def test_vocab_family_through_llmcli_tokenize(converted, family):
 
 def test_vocab_only_dir_loads_in_transformers(converted):
     transformers = pytest.importorskip("transformers")
-    for family in ("gpt-2", "llama-bpe"):
+    for family in ("gpt-2", "llama-bpe", "llama-spm", "phi-3"):
         tok = transformers.AutoTokenizer.from_pretrained(str(converted(family)))
         for text, ids in vocab_cases(family):
             assert tok.encode(text, add_special_tokens=False) == ids, (family, text)
@@ -142,6 +142,9 @@ def test_vocab_only_dir_loads_in_transformers(converted):
     assert (cfg["bos_token"], cfg["eos_token"], cfg["add_bos_token"]) == ("<|begin_of_text|>", "<|end_of_text|>", True)
     tok = transformers.AutoTokenizer.from_pretrained(str(converted("llama-bpe")))
     assert tok.encode("Hello")[0] == 128000
+    spm_tok = transformers.AutoTokenizer.from_pretrained(str(converted("llama-spm")))
+    assert spm_tok.encode("Hello")[0] == 1 and spm_tok.decode(spm_tok.encode(" a  b\n c"),
+                                                               skip_special_tokens=True) == " a  b\n c"
     qwen = json.loads((converted("qwen2") / "tokenizer_config.json").read_text())
     assert qwen["chat_template"].startswith("{% for message in messages %}")
 

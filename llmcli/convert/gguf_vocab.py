@@ -408,9 +408,12 @@ def _sentencepiece(path, meta, tokens, types, specials, context_length) -> Vocab
     add_eos = _flag(meta, "add_eos_token", False)
     notes.append(_bos_note(meta, add_bos, add_eos, specials, tokens))
     template = _chat_template(path, meta, notes)
-    config = _config(tokens, specials, tokenizer_class="LlamaTokenizer", add_bos=add_bos,
+    # PreTrainedTokenizerFast, not LlamaTokenizer: transformers 5 converts tokenizer.model for
+    # it with sentencepiece's own rules (46/46 on llama.cpp's llama-spm and phi-3 tests), while
+    # its LlamaTokenizer rewrites the whitespace handling (31/46).
+    config = _config(tokens, specials, tokenizer_class="PreTrainedTokenizerFast", add_bos=add_bos,
                      add_eos=add_eos, clean_spaces=False, chat_template=template,
-                     context_length=context_length, extra={"legacy": True})
+                     context_length=context_length)
     return VocabFiles({"tokenizer.model": built.data, "tokenizer_config.json": config},
                       "sentencepiece", n, specials["bos"], _eos_ids(specials), specials["padding"],
                       notes)
