@@ -264,7 +264,7 @@ def test_closed_pipe_in_a_shell_pipeline(tmp_path, tiny_dir):
 def test_sigint_during_generation_exits_130(tmp_path, long_dir):
     proc = subprocess.Popen(
         [sys.executable, "-m", "llmcli", "generate", "-m", str(long_dir), "-n", "90000",
-         "--temp", "1", "-s", "1", "Once upon a time"],
+         "--temp", "1", "-s", "1", "--ignore-eos", "Once upon a time"],
         cwd=tmp_path, env=env_for(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE)
     try:
@@ -277,6 +277,22 @@ def test_sigint_during_generation_exits_130(tmp_path, long_dir):
     err = err.decode()
     assert proc.returncode == EXIT_INTERRUPTED, (proc.returncode, err)
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+
+
+def test_ignore_eos_runs_past_eos(tmp_path, long_dir):
+    """A seed whose sample hits EOS early stops there, and with --ignore-eos runs to -n."""
+    for seed in range(1, 40):
+        base = llmcli("generate", "-m", str(long_dir), "-n", "300", "--temp", "1.5", "-s", str(seed),
+                      "--stats", "Once", cwd=tmp_path)
+        if "stop: eos" in base.stderr:
+            break
+    else:
+        pytest.skip("no seed reached EOS")
+    ignored = llmcli("generate", "-m", str(long_dir), "-n", "300", "--temp", "1.5", "-s", str(seed),
+                     "--stats", "--ignore-eos", "Once", cwd=tmp_path)
+    assert ignored.returncode == 0, ignored.stderr
+    assert "stop: max_tokens" in ignored.stderr and "generated 300 tokens" in ignored.stderr
+    assert ignored.stdout.startswith(base.stdout)
 
 
 # ----------------------------------------------------------------------------- errors

@@ -47,6 +47,9 @@ def generate_command(
         show_default=False)] = None,
     system: Annotated[Optional[str], typer.Option(
         "--system", help="With --chat: a system message before the user's.", show_default=False)] = None,
+    ignore_eos: Annotated[bool, typer.Option(
+        "--ignore-eos", help="Do not stop at end-of-sequence tokens (as llama.cpp's --ignore-eos): "
+                             "run until -n tokens, a --stop string or the context.")] = False,
     echo: Annotated[bool, typer.Option("--echo", help="Also print the prompt when stdout is not a terminal.")] = False,
     stats: StatsOpt = False,
     top_logprobs: Annotated[int, typer.Option(
@@ -100,7 +103,7 @@ def generate_command(
                  dtype=dtype, device=device, threads=threads,
                  add_bos=False if no_bos or template else None, special=special or bool(template),
                  echo=echo, show_stats=stats, top_logprobs=top_logprobs, show_tokens=show_tokens,
-                 json_out=json_out, chat_template=template)
+                 json_out=json_out, chat_template=template, ignore_eos=ignore_eos)
 
 
 def _check_chat_options(prompt: str | None, no_bos: bool, special: bool) -> None:
@@ -117,7 +120,7 @@ def _check_chat_options(prompt: str | None, no_bos: bool, special: bool) -> None
 def run_generate(text: str, model_dir, params, max_tokens: int, stop: list[str], dtype: str,
                  device: str, threads: int | None, add_bos: bool | None, echo: bool, show_stats: bool,
                  top_logprobs: int = 0, show_tokens: bool = False, json_out: bool = False,
-                 special: bool = False, chat_template=None) -> None:
+                 special: bool = False, chat_template=None, ignore_eos: bool = False) -> None:
     """Load, generate and stream to stdout; notices and stats go to stderr.
 
     ``add_bos``/``special``: as :meth:`llmcli.tokenizer.Tokenizer.encode` (``None`` = the
@@ -163,7 +166,7 @@ def run_generate(text: str, model_dir, params, max_tokens: int, stop: list[str],
         raise UsageError(f"--top-logprobs: {top_logprobs} is more than the vocabulary ({config.vocab_size})")
     view = _TokenView(tokenizer, top_logprobs, show_tokens, json_out)
     gen = Generation(model, tokenizer, prompt_ids, params, max_tokens, stop=stop,
-                     eos_ids=eos_ids,
+                     eos_ids=[] if ignore_eos else eos_ids,
                      top_logprobs=top_logprobs, logprobs=view.wants_logprobs)
 
     out = sys.stdout
