@@ -323,6 +323,19 @@ class Terminal:
         seen, self.output = self.output[:cut], self.output[cut:]
         return seen
 
+    def read_some(self, timeout: float = 120) -> str:
+        """Wait until the terminal has shown something not yet consumed; return its first character."""
+        deadline = time.monotonic() + timeout
+        while not self.output:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.fd], [], [], left)[0]:
+                raise AssertionError("nothing shown")
+            data = os.read(self.fd, 4096)
+            if not data:
+                raise AssertionError("the child closed the terminal")
+            self.output += data.decode("utf-8", "replace").replace("\r\n", "\n")
+        return self.output[0]
+
     def send(self, text: str) -> None:
         os.write(self.fd, text.encode())
 
@@ -377,7 +390,7 @@ def test_terminal_ctrl_c_stops_a_long_reply(tmp_path):
         term.read_until("> ")
         term.send("Hi\n")
         term.read_until("Hi\n")
-        time.sleep(1.0)  # the reply streams (90000 tokens would take minutes)
+        term.read_until(term.read_some())  # the reply has started to stream (90000 tokens take minutes)
         term.send("\x03")
         assert "[reply stopped]" in term.read_until("> ", timeout=30)
         term.send("/exit\n")
