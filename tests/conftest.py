@@ -5,11 +5,18 @@ Keep this file small and generic; put helpers used by one test file in that file
 
 from __future__ import annotations
 
+import signal
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
+
+# A test runner started in the background by a non-interactive shell inherits SIGINT ignored,
+# and every llmcli it starts would too (an ignored signal survives exec), so the Ctrl-C tests
+# could not interrupt anything. A handled signal reverts to the default in an exec'd child.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 torch.set_num_threads(1)  # the test machine is shared; tiny models gain nothing from threads
 

@@ -290,16 +290,17 @@ class Terminal:
     process's controlling terminal, so Ctrl-C typed there is SIGINT)."""
 
     def __init__(self, args: list[str], cwd: Path) -> None:
-        import pty
-
+        # Not pty.fork(): it runs Python code in a child forked from this multi-threaded
+        # process (torch's threads), which can deadlock before exec. subprocess forks and execs
+        # in C; util-linux's `setsid -c` makes the pseudo-terminal the controlling terminal.
+        if shutil.which("setsid") is None:
+            pytest.skip("needs util-linux setsid")
         env = env_for(TERM="dumb", NO_COLOR="1")
-        self.pid, self.fd = pty.fork()
-        if self.pid == 0:  # the child
-            try:
-                os.chdir(cwd)
-                os.execvpe(sys.executable, [sys.executable, "-m", "llmcli", *args], env)
-            finally:
-                os._exit(127)
+        self.fd, slave = os.openpty()
+        proc = subprocess.Popen(["setsid", "-c", sys.executable, "-m", "llmcli", *args], cwd=cwd,
+                                env=env, stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+        os.close(slave)
+        self.proc, self.pid = proc, proc.pid  # kept: a collected Popen may reap the child
         self.output = ""
 
     def read_until(self, needle: str, timeout: float = 120) -> str:
