@@ -91,6 +91,19 @@ def test_vocab_family_matches_reference_ids(converted, family):
     assert not failed, "\n".join(f"{t!r}: want {i}, got {g}" for t, i, g in failed[:5])
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_vocab_family_through_llmcli_tokenizer(converted, family):
+    """llmcli's own tokenizer (``load_tokenizer``, what every command uses) on all 46 strings,
+    in process: the same ids as the original Hugging Face tokenizer."""
+    from llmcli.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(converted(family))
+    cases = vocab_cases(family)
+    failed = [(t, ids, tok.encode(t, add_bos=False)) for t, ids in cases if tok.encode(t, add_bos=False) != ids]
+    print(f"{family}: {len(cases) - len(failed)}/{len(cases)} through llmcli's tokenizer")
+    assert not failed, "\n".join(f"{t!r}: want {i}, got {g}" for t, i, g in failed[:5])
+
+
 _DRIVER = r"""
 import contextlib, io, json, sys
 from llmcli.cli.app import main
@@ -108,27 +121,32 @@ for argv in json.load(sys.stdin):
 print(json.dumps(results))
 """
 
+CLI_CASES = 6  # per family through the command line (all 46 are checked in process above)
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_vocab_family_through_llmcli_tokenize(converted, family):
-    """``llmcli tokenize -m DIR --ids --no-bos -- TEXT`` for every string: one Python process
-    per family runs the CLI's entry point once per string (46 process starts would take
-    minutes on the shared machine)."""
-    out = converted(family)
-    cases = vocab_cases(family)
-    argv = [["tokenize", "-m", str(out), "--ids", "--no-bos", "--", text] for text, _ in cases]
+
+def test_vocab_families_through_llmcli_tokenize(converted):
+    """``llmcli tokenize -m DIR --ids --no-bos -- TEXT``: the command line's option parsing,
+    stdin/argument handling and output give the reference ids. One Python process runs the
+    CLI's entry point for every (family, string); the strings are those with spaces, newlines,
+    digits and non-ASCII text (each call reloads the tokenizer, so not all 46)."""
+    picked = []
+    for family in FAMILIES:
+        cases = vocab_cases(family)
+        tricky = [c for c in cases if c[0].strip() != c[0] or not c[0].isascii() or "\n" in c[0]]
+        picked += [(family, t, ids) for t, ids in (tricky + cases)[:CLI_CASES]]
+    argv = [["tokenize", "-m", str(converted(f)), "--ids", "--no-bos", "--", t] for f, t, _ in picked]
     env = dict(os.environ, OMP_NUM_THREADS="1", NO_COLOR="1")
     proc = subprocess.run([sys.executable, "-c", _DRIVER], input=json.dumps(argv), capture_output=True,
                           text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads(proc.stdout.splitlines()[-1])
     failed = []
-    for (text, ids), (code, stdout) in zip(cases, results):
+    for (family, text, ids), (code, stdout) in zip(picked, results):
         got = [int(x) for x in stdout.split()] if code == 0 else f"exit {code}"
         if got != ids:
-            failed.append((text, ids, got))
-    print(f"{family}: {len(cases) - len(failed)}/{len(cases)} through llmcli tokenize --ids --no-bos")
-    assert not failed, "\n".join(f"{t!r}: want {i}, got {g}" for t, i, g in failed[:5])
+            failed.append((family, text, ids, got))
+    assert len(results) == len(picked) == CLI_CASES * len(FAMILIES)
+    assert not failed, "\n".join(f"{f} {t!r}: want {i}, got {g}" for f, t, i, g in failed[:5])
 
 
 def test_vocab_only_dir_loads_in_transformers(converted):
