@@ -58,7 +58,7 @@ def _register() -> None:
     generate.register(app)
     chat.register(app)
     train.register(app)
-    for name in ("inspect", "convert"):
+    for name in ("inspect", "convert", "why", "text"):
         try:
             module = __import__(f"llmcli.cli.{name}", fromlist=["register"])
         except ModuleNotFoundError as exc:
