@@ -225,13 +225,16 @@ def test_plain_and_coloured_output(bundled, monkeypatch):
     assert lines[3].split() == ["rank", "pos", "id", "piece", "value", "score"]
     assert ranked == a.to_dict()["ranking"]
     assert max(len(line) for line in lines) <= 80
-    # diverging colours: red for negative, blue for positive, white-ish at 0
-    assert value_rgb(-1, 1) == (178, 24, 43) and value_rgb(1, 1) == (33, 102, 172)
-    assert value_rgb(0, 1) == (247, 247, 247)
+    # diverging colours as the pictures draw them: blue for negative, red for positive, white at 0
+    r, g, b = value_rgb(-1, 1)
+    assert b > 200 and r < 100
+    r, g, b = value_rgb(1, 1)
+    assert r > 200 and b < 100
+    assert value_rgb(0, 1) == (255, 255, 255) and value_rgb(0.5, 1) != value_rgb(1, 1)
     buf = io.StringIO()
     attribution_rich(a, Console(file=buf, force_terminal=True, color_system="truecolor", width=80))
     text = buf.getvalue()
-    assert "\x1b[" in text and "red lowers f, blue raises f" in text
+    assert "\x1b[" in text and "red raises f, blue lowers f" in text
     strongest = max(a.tokens, key=lambda t: abs(t["value"]))
     r, g, b = value_rgb(strongest["value"], abs(strongest["value"]))
     assert f"48;2;{r};{g};{b}" in text                     # full colour on the largest |value|
@@ -260,3 +263,26 @@ def test_bad_input_is_one_line(cli, tmp_path):
     missing = tmp_path / "no" / "such" / "dir" / "a.svg"
     one_line(*cli("attribute", "To be", "--save-svg", missing), 1, "--save-svg")
     assert not missing.parent.exists()
+
+
+def test_pictures_are_written_and_well_formed(cli, tmp_path):
+    import xml.etree.ElementTree as ET
+    from html.parser import HTMLParser
+
+    svg, page = tmp_path / "a.svg", tmp_path / "a.html"
+    code, out, err = cli("attribute", "ROMEO: What light", "--save-svg", svg, "--save-html", page,
+                         "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert f"saved SVG picture to {svg}" in err and f"saved HTML picture to {page}" in err
+    root = ET.parse(svg).getroot()
+    assert root.tag.endswith("svg")
+    texts = "".join(root.itertext())
+    for t in doc["tokens"]:
+        assert t["piece"].replace("▁", " ").strip() in texts.replace("\xa0", " ")
+    assert f"{doc['tokens'][0]['value']:+.4f}" in texts
+    HTMLParser().feed(page.read_text(encoding="utf-8"))
+    assert "light" in page.read_text(encoding="utf-8")
+    # an existing file is kept without --force
+    code, out, err = cli("attribute", "ROMEO:", "--save-svg", svg)
+    assert code == 1 and "--save-svg" in err and out == ""

@@ -86,12 +86,12 @@ def note(message: str) -> None:
 
 
 def check_save_paths(save_svg: Path | None, save_html: Path | None, force: bool) -> None:
-    from llmcli.outputs import check_output_file
+    from llmcli.render.pictures import check_picture_path
 
     if save_svg is not None:
-        check_output_file(save_svg, "--save-svg", force)
+        check_picture_path(save_svg, "--save-svg", force)
     if save_html is not None:
-        check_output_file(save_html, "--save-html", force)
+        check_picture_path(save_html, "--save-html", force)
 
 
 def output_mode(json_flag: bool) -> str:
@@ -141,13 +141,15 @@ def attribute_command(
     --contrast, the target-minus-contrast logit difference), to every input token. Methods
     as inseq defines them (Sarti et al. 2023), on the input embeddings:
     input_x_gradient (x ⊙ ∂f/∂x), saliency (|∂f/∂x|), occlusion (f minus f with the token
-    left out). Each token gets a signed value (its effect on f: blue raised it, red
+    left out). Each token gets a signed value (its effect on f: red raised it, blue
     lowered it) and inseq's score (gradients: L2 norm over the embedding, normalised to sum
     1; occlusion: |value|); the table ranks tokens by score.
 
     JSON (--json): {"method", "attributed_fn", "inseq_attributed_fn", "f", "target": {"id",
     "piece", "text", "logit", "prob", "logprob", "rank"}, "contrast", "baseline", "tokens":
-    [{"position", "id", "piece", "value", "score"}], "ranking", "sum_values", "aggregation"}.
+    [{"position", "id", "piece", "text", "value", "score"}], "ranking", "sum_values",
+    "aggregation"}. --save-svg/--save-html write the coloured text and the ranked bars as a
+    picture.
 
     Examples:
 
@@ -196,13 +198,16 @@ def attribute_command(
 
 
 def save_pictures(kind: str, result, save_svg: Path | None, save_html: Path | None, force: bool) -> None:
-    """Write the SVG/HTML pictures of a result (:mod:`llmcli.render.attribution`)."""
+    """Write the SVG/HTML pictures of a result (``kind``: ``attribution`` or ``compare``)."""
     if save_svg is None and save_html is None:
         return
-    from llmcli.render.attribution import save_attribution_pictures
+    if kind == "attribution":
+        from llmcli.render.attribution import attribution_figure as figure
+    else:
+        from llmcli.render.compare import compare_figure as figure
+    from llmcli.render.pictures import save_pictures as save
 
-    for path in save_attribution_pictures(result, svg=save_svg, html=save_html, force=force):
-        note(f"saved {path}")
+    save(figure(result), save_svg, save_html, force=force, note=note)
 
 
 def register(app: typer.Typer) -> None:

@@ -72,8 +72,9 @@ OCCLUSION_BATCH = 16
 class Attribution:
     """The attribution of one prediction.
 
-    tokens: one dict per input token ``{"position", "id", "piece", "value", "score"}``
-        (``value`` signed, ``score`` inseq's number; see the module docstring).
+    tokens: one dict per input token ``{"position", "id", "piece", "text", "value", "score"}``
+        (``text`` what the token adds to the text, ``""`` for special tokens; ``value``
+        signed, ``score`` inseq's number; see the module docstring).
     target, contrast: ``{"id", "piece", "text", "logit", "prob", "logprob", "rank"}`` of the
         next-token distribution at the last position (``rank`` 1 = the arg-max); ``contrast``
         is ``None`` without one.
@@ -282,9 +283,10 @@ def attribute(model, tokenizer, ids: list[int], *, method: str = "input_x_gradie
         meaning = ("f(x) - f(x with the token left out): > 0 the token raised f, < 0 it lowered f"
                    + (" (the token removed, later tokens moved up)" if used_baseline == "remove"
                       else f" (its embedding replaced by the {used_baseline} baseline)"))
-    from llmcli.inspection.tensors import piece_of
+    from llmcli.inspection.tensors import piece_of, token_text
 
-    tokens = [{"position": i, "id": t, "piece": piece_of(tokenizer, t), "value": float(v), "score": float(s)}
+    tokens = [{"position": i, "id": t, "piece": piece_of(tokenizer, t), "text": token_text(tokenizer, t),
+               "value": float(v), "score": float(s)}
               for i, (t, v, s) in enumerate(zip(ids, values, scores))]
     label = _f_label(function, contrast is not None)
     return Attribution(method=method, function=function, inseq_fn=_inseq_name(function, contrast is not None),

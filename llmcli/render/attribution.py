@@ -1,9 +1,12 @@
 """Rendering of ``llmcli attribute``: a coloured line and a ranked table (terminal), the same
-as annotated text (plain, when piped), or JSON.
+as annotated text (plain, when piped), JSON, and the same view as SVG/HTML pictures
+(:mod:`llmcli.render.pictures`).
 
-The line colours each input token by its signed ``value`` on a diverging scale (red: the
-token lowered the attributed function, blue: it raised it; intensity ∝ |value| / max |value|);
-methods without a sign (saliency) use the blue half only. Never imports torch.
+The line shows the text as it reads, each token on a background coloured by its signed
+``value`` on a diverging scale (the pictures' :func:`~llmcli.render.pictures.signed_scale`,
+so terminal and picture agree: red, the token raised the attributed function; blue, it
+lowered it; white, no effect; full colour at the largest |value|); saliency has no sign and
+uses the red half only. Never imports torch.
 """
 
 from __future__ import annotations
@@ -13,10 +16,6 @@ import textwrap
 
 from llmcli.render import _table, bar, clip, console, visible, write_json
 
-#: The diverging scale's ends (ColorBrewer RdBu): negative, neutral, positive.
-NEGATIVE_RGB = (178, 24, 43)
-NEUTRAL_RGB = (247, 247, 247)
-POSITIVE_RGB = (33, 102, 172)
 PIECE_WIDTH = 16   # most cells a piece takes in the table
 WIDTH = 80         # plain text is wrapped to this many columns
 
@@ -41,16 +40,25 @@ def signed(result) -> bool:
 
 
 def token_label(tok: dict) -> str:
-    """What a token shows in the line: its piece with control characters escaped."""
-    return visible(tok["piece"])
+    """What a token shows in the line: the text it adds (a special token, which adds none,
+    its piece)."""
+    return tok.get("text") or tok["piece"]
+
+
+def scale(result):
+    """The colour scale of ``result``'s values (:func:`llmcli.render.pictures.signed_scale`
+    on ±max |value|)."""
+    from llmcli.render.pictures import signed_scale
+
+    return signed_scale(_peak(result) or 1.0, name="value (red raises f, blue lowers it)")
 
 
 def value_rgb(value: float, peak: float) -> tuple[int, int, int]:
-    """The diverging colour of ``value`` on a scale of ±``peak``."""
-    x = 0.0 if peak <= 0 or not math.isfinite(value) else max(-1.0, min(1.0, value / peak))
-    end = POSITIVE_RGB if x >= 0 else NEGATIVE_RGB
-    a = abs(x)
-    return tuple(int(round(n + (e - n) * a)) for n, e in zip(NEUTRAL_RGB, end))
+    """The colour of ``value`` on a scale of ±``peak`` (as the pictures draw it)."""
+    from llmcli.render.pictures import signed_scale
+
+    c = signed_scale(peak).colour(value) or "#ffffff"
+    return int(c[1:3], 16), int(c[3:5], 16), int(c[5:7], 16)
 
 
 def _peak(result) -> float:
@@ -72,9 +80,9 @@ def header_lines(result) -> list[str]:
 def legend_text(result) -> str:
     peak = _peak(result)
     if signed(result):
-        return (f"colour: red lowers f, blue raises f; full colour = ±{peak:.4g} "
+        return (f"colour: red raises f, blue lowers f; full colour = ±{peak:.4g} "
                 f"(the largest |value|)")
-    return f"colour: blue = more sensitive; full colour = {peak:.4g}"
+    return f"colour: red = more sensitive; full colour = {peak:.4g}"
 
 
 def _explain_lines(result) -> list[str]:
@@ -84,7 +92,7 @@ def _explain_lines(result) -> list[str]:
 
 def annotated_line(result) -> str:
     """The text as ``piece[+value]`` pairs (the plain form of the coloured line)."""
-    return " ".join(f"{token_label(t)}[{t['value']:+.3g}]" for t in result.tokens)
+    return " ".join(f"{visible(t['piece'])}[{t['value']:+.3g}]" for t in result.tokens)
 
 
 def table_rows(result) -> list[list[str]]:
@@ -121,13 +129,11 @@ def attribution_rich(result, con) -> None:
     else:
         peak = _peak(result)
         text = Text()
-        for i, t in enumerate(result.tokens):
+        for t in result.tokens:
             r, g, b = value_rgb(t["value"], peak)
             dark = (0.299 * r + 0.587 * g + 0.114 * b) < 140
-            text.append(token_label(t), style=Style(bgcolor=Color.from_rgb(r, g, b),
-                                                    color="white" if dark else "black"))
-            if i + 1 < len(result.tokens):
-                text.append(" ")
+            text.append(visible(token_label(t)), style=Style(bgcolor=Color.from_rgb(r, g, b),
+                                                             color="white" if dark else "black"))
         con.print(text)
         legend = Text()
         steps = (-1.0, -0.5, 0.0, 0.5, 1.0) if signed(result) else (0.0, 0.5, 1.0)
@@ -141,10 +147,43 @@ def attribution_rich(result, con) -> None:
                    ("value", "right"), ("score", "right"), ("", "left"))
     top = max(result.scores, default=0.0) or 1.0
     for row, t in zip(table_rows(result), result.ranked()):
-        style = "blue" if t["value"] >= 0 or not signed(result) else "red"
+        style = "red" if t["value"] >= 0 or not signed(result) else "blue"
         table.add_row(*row[:4], Text(row[4], style=style), row[5],
                       Text(bar(t["score"] / top, width), style=style))
     con.print(table)
     for line in _explain_lines(result):
         con.print(line, style="dim", markup=False, highlight=False)
 
+
+# ----------------------------------------------------------------------------- pictures
+def attribution_figure(result):
+    """The view as a :class:`llmcli.render.pictures.Figure`: the header, the coloured text
+    (a tooltip per token: piece, id, value, score), the ranked table with signed bars
+    (value / max |value|), and how to read the numbers."""
+    from llmcli.render import pictures as P
+
+    peak = _peak(result) or 1.0
+    head = header_lines(result)
+    strip = P.StripPanel(
+        tokens=[P.StripToken(token_label(t), t["value"],
+                             f"{t['position']}: {t['piece']} (id {t['id']}) value {t['value']:+.4g} "
+                             f"score {t['score']:.4f}") for t in result.tokens],
+        scale=scale(result), title=legend_text(result))
+    rows, lead = [], []
+    for rank, t in enumerate(result.ranked(), 1):
+        rows.append(P.BarRow(t["piece"], max(-1.0, min(1.0, t["value"] / peak)),
+                             [f"{t['value']:+.4f}", f"{t['score']:.4f}"],
+                             colour=None if signed(result) else "#d93f3f",
+                             tooltip=f"id {t['id']}"))
+        lead.append([str(rank), str(t["position"])])
+    bars = P.BarsPanel(rows=rows, number_headers=["value", "score"], bar_header="value",
+                       lead_headers=["#", "pos"], lead=lead, title="tokens ranked by score")
+    return P.Figure(" · ".join(head[:1]), panels=[P.NotePanel(line) for line in head[1:]]
+                    + [strip, bars] + [P.NotePanel(line) for line in _explain_lines(result)])
+
+
+def save_attribution_pictures(result, svg=None, html=None, force: bool = False):
+    """Write the SVG and/or HTML picture of ``result`` → the paths written."""
+    from llmcli.render.pictures import save_pictures
+
+    return save_pictures(attribution_figure(result), svg, html, force=force)
