@@ -528,6 +528,8 @@ def test_generate_top_logprobs_json_show_tokens(tiny, hf_eager, cli):
     code, out, err = cli(*base, "--json", "--top-logprobs", "3")
     assert code == 0, err
     events = [json.loads(line) for line in out.splitlines()]
+    if events and events[-1].get("done"):   # the final record (stop reason, seed, timings)
+        events = events[:-1]
     assert 1 <= len(events) <= 6
     assert "".join(e["text"] for e in events) == plain  # same text as without the options
     seq = tok.encode("Once upon")

@@ -242,7 +242,10 @@ def embeddings_command(
     layer: Annotated[int, typer.Option(
         "--layer", help="Hidden state after L blocks: 0 = embedding output, N = num_hidden_layers = "
                         "after the final norm (transformers' output_hidden_states indexing).")] = 0,
-    dims: Annotated[int, typer.Option("--dims", help="How many leading values of each vector to show.")] = 8,
+    dims: Annotated[Optional[int], typer.Option(
+        "--dims", metavar="N", show_default=False,
+        help="How many leading values of each vector to show (default: as many as the terminal's "
+             "width holds; 8 when piped).")] = None,
     neighbors: Annotated[int, typer.Option(
         "--neighbors", help="Also list the K nearest vocabulary tokens by cosine similarity "
                             "(against the embedding matrix); 0 = off.", metavar="K")] = 0,
@@ -277,7 +280,8 @@ def embeddings_command(
     if not 0 <= layer <= n:
         raise UsageError(f"--layer: {layer} is out of range [0, {n}] (0 = embedding output, "
                          f"{n} = after the final norm)")
-    check_range("--dims", dims, 1, ctx.config.hidden_size)
+    if dims is not None:
+        check_range("--dims", dims, 1, ctx.config.hidden_size)
     check_range("--neighbors", neighbors, 0, ctx.config.vocab_size)
     if save is not None:
         check_writable(save, force=force)

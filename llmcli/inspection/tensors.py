@@ -54,6 +54,15 @@ def token_text(tokenizer, token_id: int) -> str:
     return tokenizer.token_bytes(token_id).decode("utf-8", errors="replace")
 
 
+def _continue(decoder, token_id: int, eos: set[int], final: bool) -> str:
+    """The text ``token_id`` adds to ``decoder``'s sequence (a :class:`llmcli.tokenizer.StreamDecoder`
+    primed with the prompt), with what was held back when ``final``: as ``generate`` prints it.
+    An end-of-sequence token or an id beyond the tokenizer's vocabulary adds nothing."""
+    if token_id in eos or not 0 <= token_id < decoder.tokenizer.vocab_size:
+        return decoder.flush() if final else ""
+    return decoder.push(token_id) + (decoder.flush() if final else "")
+
+
 def forward(model, ids: list[int], attentions: bool = False,
             check_logits: bool = True) -> tuple[torch.Tensor, Capture]:
     """One full causal forward of ``ids`` → ``(logits (T, V) float32, capture)``.
@@ -307,12 +316,17 @@ class TopkResult:
     seed: int | None
     steps: list[TopkStep]
     stop_reason: str = "steps"
+    #: the chosen tokens' text, decoded as one sequence after the prompt (what ``generate``
+    #: prints for the same ids); each step's ``chosen["text"]`` is the part that step adds
+    #: (``""`` while a UTF-8 character is incomplete; an end-of-sequence token adds nothing)
+    text: str = ""
 
     def to_dict(self) -> dict:
         return {"tokens": self.tokens, "k": self.k, "temperature": self.temperature,
                 "top_p": self.top_p, "min_p": self.min_p,
                 "mode": "sampled" if self.sampled else "greedy", "seed": self.seed,
-                "steps": [s.to_dict() for s in self.steps], "stop_reason": self.stop_reason}
+                "steps": [s.to_dict() for s in self.steps], "stop_reason": self.stop_reason,
+                "text": self.text}
 
 
 def topk_step(tokenizer, logits: torch.Tensor, k: int, temperature: float, top_p: float,
@@ -353,6 +367,8 @@ def topk_report(model, tokenizer, ids: list[int], k: int, temperature: float = 1
     context_ids = list(ids)
     out: list[TopkStep] = []
     stop_reason = "steps"
+    decoder = tokenizer.stream()       # the text as generate prints it (one decode, not pieces)
+    decoder.prime(ids)
     with torch.inference_mode():
         cache = model.new_cache(batch=1, max_len=len(ids) + steps - 1)
         x = torch.tensor([ids], dtype=torch.long, device=model.device)
@@ -363,7 +379,9 @@ def topk_report(model, tokenizer, ids: list[int], k: int, temperature: float = 1
             token = sampler(logits)
             logp = torch.log_softmax(apply_temperature(logits.double(), temperature), dim=-1)
             rank = int((logits > logits[token]).sum())
-            st.chosen = {"id": token, "piece": piece_of(tokenizer, token), "text": token_text(tokenizer, token),
+            last = token in eos or step == steps - 1
+            text = _continue(decoder, token, eos, final=last)
+            st.chosen = {"id": token, "piece": piece_of(tokenizer, token), "text": text,
                          "logit": float(logits[token]), "prob": math.exp(float(logp[token])),
                          "logprob": float(logp[token]), "rank": rank}
             out.append(st)
@@ -377,7 +395,8 @@ def topk_report(model, tokenizer, ids: list[int], k: int, temperature: float = 1
                 require_finite(model, context_ids, logits, len(context_ids) - 1)
     return TopkResult(tokens=token_dicts(tokenizer, ids), k=k, temperature=temperature, top_p=top_p,
                       min_p=min_p, sampled=sampled, seed=sampler.seed if sampled else None,
-                      steps=out, stop_reason=stop_reason)
+                      steps=out, stop_reason=stop_reason,
+                      text="".join(st.chosen["text"] for st in out))
 
 
 # ----------------------------------------------------------------------------- trace
@@ -452,7 +471,10 @@ def trace_report(model, tokenizer, ids: list[int], k: int = 5, temperature: floa
     cands = candidates(tokenizer, last, k, temperature)
     probs = torch.softmax(apply_temperature(last, temperature).double(), dim=-1)
     chosen_id = int(torch.argmax(last))
-    chosen = {"id": chosen_id, "piece": piece_of(tokenizer, chosen_id), "text": token_text(tokenizer, chosen_id),
+    decoder = tokenizer.stream()          # the text the token adds after the prompt, as generate
+    decoder.prime(ids)                    # prints it (not the piece decoded alone)
+    text = _continue(decoder, chosen_id, set(tokenizer.eos_ids), final=True)
+    chosen = {"id": chosen_id, "piece": piece_of(tokenizer, chosen_id), "text": text,
               "logit": float(last[chosen_id]), "prob": float(probs[chosen_id]), "rule": "greedy (arg-max)"}
     attention = None
     if attention_layer is not None:

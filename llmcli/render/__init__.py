@@ -12,6 +12,7 @@ import json
 import math
 import sys
 import unicodedata
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -213,6 +214,131 @@ def _table(*columns: tuple[str, str], title: str | None = None):
     return table
 
 
+# ----------------------------------------------------------------------------- fitted tables
+GAP = 2  # cells between the columns of a fitted table
+
+
+@dataclass
+class Col:
+    """A column of :func:`fit_table`: ``header``; ``right`` = right-aligned; ``shrink`` = may be
+    clipped with ``…`` as a last resort (labels); ``flex`` = ``(min, max)`` cells, takes what
+    the other columns leave (bars; its cells are callables ``width -> Text``)."""
+
+    header: str
+    right: bool = False
+    shrink: bool = False
+    flex: tuple[int, int] | None = None
+    min_width: int = 4
+
+
+def _cell_len(cell) -> int:
+    if callable(cell):
+        return 0
+    return cell.cell_len if hasattr(cell, "cell_len") else text_width(str(cell))
+
+
+def fit_widths(cols: list[Col], rows: list[list], width: int) -> list[int]:
+    """Column widths (cells) for ``rows`` in ``width`` terminal cells: every column its natural
+    width, the flex column what is left (within its bounds), and only if that still does not fit,
+    the ``shrink`` columns narrowed (widest first, never below ``min_width`` or the header)."""
+    widths = []
+    for i, col in enumerate(cols):
+        natural = max([text_width(col.header)] + [_cell_len(r[i]) for r in rows if i < len(r)])
+        widths.append(natural)
+    gaps = GAP * (len(cols) - 1)
+    flex = [i for i, c in enumerate(cols) if c.flex]
+    fixed = sum(w for i, w in enumerate(widths) if i not in flex) + gaps
+    for i in flex:
+        lo, hi = cols[i].flex
+        widths[i] = max(lo, min(hi, (width - fixed) // len(flex)))
+    over = sum(widths) + gaps - width
+    while over > 0:
+        cands = [i for i, c in enumerate(cols)
+                 if c.shrink and widths[i] > max(c.min_width, text_width(c.header))]
+        if not cands:
+            break
+        i = max(cands, key=lambda j: widths[j])
+        floor = max(cols[i].min_width, text_width(cols[i].header))
+        cut = min(over, widths[i] - floor)
+        widths[i] -= cut
+        over -= cut
+    return widths
+
+
+def fit_table(cols: list[Col], rows: list[list], width: int, styles: list | None = None,
+              after: dict[int, list] | None = None, header_style: str = "bold") -> list:
+    """``rows`` (cells: str, rich Text, or for a flex column ``width -> Text``) laid out in
+    ``width`` cells as rich Text lines: a bold header, a rule, the rows (``styles[r]`` over row
+    r), and after row r the free lines ``after[r]`` (Text or str, clipped to the width).
+    Cells wider than their column (only when a shrink column had to give) end in ``…``."""
+    from rich.text import Text
+
+    widths = fit_widths(cols, rows, width)
+    total = sum(widths) + GAP * (len(cols) - 1)
+
+    def line(cells: list, style=None) -> "Text":
+        out = Text(no_wrap=True, overflow="crop")
+        for i, (col, w) in enumerate(zip(cols, widths)):
+            cell = cells[i] if i < len(cells) else ""
+            if callable(cell):
+                cell = cell(w)
+            t = cell.copy() if isinstance(cell, Text) else Text(str(cell))
+            if t.cell_len > w:
+                t.truncate(w, overflow="ellipsis")
+            pad = " " * (w - t.cell_len)
+            if col.right:
+                out.append(pad)
+                out.append_text(t)
+            else:
+                out.append_text(t)
+                if i < len(cols) - 1:
+                    out.append(pad)
+            if i < len(cols) - 1:
+                out.append(" " * GAP)
+        out.rstrip()
+        if style:
+            out.stylize(style)
+        return out
+
+    lines = [line([Text(c.header) for c in cols], header_style), Text("─" * min(total, width), style="dim")]
+    for r, row in enumerate(rows):
+        lines.append(line(row, styles[r] if styles else None))
+        for extra in (after or {}).get(r, []):
+            t = extra.copy() if isinstance(extra, Text) else Text(str(extra))
+            t.truncate(width, overflow="ellipsis")
+            lines.append(t)
+    return lines
+
+
+def print_lines(con, lines: list) -> None:
+    """Print Text lines as they are (never wrapped or re-cut by rich)."""
+    for line in lines:
+        con.print(line, no_wrap=True, overflow="crop", soft_wrap=False, highlight=False)
+
+
+def pack(entries: list, width: int, sep: int = 2) -> list:
+    """Entries (rich Text) packed into lines of at most ``width`` cells, never split."""
+    from rich.text import Text
+
+    lines, cur = [], Text()
+    for e in entries:
+        if cur.cell_len and cur.cell_len + sep + e.cell_len > width:
+            lines.append(cur)
+            cur = Text()
+        if cur.cell_len:
+            cur.append(" " * sep)
+        cur.append_text(e)
+    if cur.cell_len or not lines:
+        lines.append(cur)
+    return lines
+
+
+def column_chunks(fixed: int, cell: int, n: int, width: int, least: int = 1) -> int:
+    """How many columns of ``cell`` cells fit beside ``fixed`` cells of other columns (at
+    least ``least``, at most ``n``)."""
+    return max(least, min(n, (width - fixed + GAP) // (cell + GAP)))
+
+
 # ----------------------------------------------------------------------------- tokenize
 def _roundtrip_lines(result) -> list[str]:
     if result.roundtrip_ok:
@@ -275,8 +401,8 @@ def _embedding_rows(result, components: list[dict], t: int) -> list[tuple[str, l
     return rows + [("= sum", result.vectors[t], result.norms[t])]
 
 
-def embeddings_plain(result, dims: int = 8) -> str:
-    dims = min(dims, result.hidden_size)
+def embeddings_plain(result, dims: int | None = None) -> str:
+    dims = min(8 if dims is None else dims, result.hidden_size)
     out = [f"hidden_states[{result.layer}]: {result.layer_name} · hidden size {result.hidden_size}"]
     components = getattr(result, "components", None) or []
     if components:   # token row + position row = embedding output, for each token
@@ -307,38 +433,72 @@ def embeddings_plain(result, dims: int = 8) -> str:
     return "\n".join(out) + "\n"
 
 
-def embeddings_rich(result, con, dims: int = 8) -> None:
-    dims = min(dims, result.hidden_size)
-    con.print(f"[bold]hidden_states[{result.layer}][/]: {result.layer_name} · "
-              f"hidden size {result.hidden_size}")
+def embeddings_rich(result, con, dims: int | None = None) -> None:
+    """The vectors' first values in as many columns as the console's width holds (``dims``
+    None), or the first ``dims`` values in as many tables as it takes, each as wide as the
+    console (the token columns repeated); then the nearest tokens, packed to the width."""
+    from rich.text import Text
+
+    width = con.width
+    total = result.hidden_size
     components = getattr(result, "components", None) or []
-
-    def cells(vec):
-        return [f"[{'cyan' if v >= 0 else 'magenta'}]{v:+.4f}[/]" for v in vec[:dims]]
-
-    if components:   # token row + position row = embedding output, for each token
-        table = _table(("pos", "right"), ("id", "right"), ("piece", "left"), ("row", "left"),
-                       ("norm", "right"), *[(h, "right") for h in _dims_header(dims)])
-        for t, tok in enumerate(result.tokens):
+    con.print(f"[bold]hidden_states[{result.layer}][/]: {result.layer_name} · "
+              f"hidden size {result.hidden_size}", highlight=False)
+    # one row per token (and per component row with a learned position embedding)
+    rows_meta = []
+    for t, tok in enumerate(result.tokens):
+        if components:
             for i, (label, vec, norm) in enumerate(_embedding_rows(result, components, t)):
-                first = i == 0
-                table.add_row(str(tok["position"]) if first else "", str(tok["id"]) if first else "",
-                              _piece_text(tok["piece"]) if first else "", label, f"{norm:.4f}",
-                              *cells(vec), end_section=i == len(components))
-    else:
-        table = _table(("pos", "right"), ("id", "right"), ("piece", "left"), ("norm", "right"),
-                       *[(h, "right") for h in _dims_header(dims)])
-        for tok, vec, norm in zip(result.tokens, result.vectors, result.norms):
-            table.add_row(str(tok["position"]), str(tok["id"]), _piece_text(tok["piece"]),
-                          f"{norm:.4f}", *cells(vec))
-    con.print(table)
+                rows_meta.append((tok if i == 0 else None, label, vec, norm, i == len(components)))
+        else:
+            rows_meta.append((tok, None, result.vectors[t], result.norms[t], False))
+    lead = [Col("pos", right=True), Col("id", right=True), Col("piece", shrink=True, min_width=6)]
+    if components:
+        lead.append(Col("row"))
+    lead.append(Col("norm", right=True))
+    lead_cells = []
+    for tok, label, vec, norm, _ in rows_meta:
+        cells = [str(tok["position"]) if tok else "", str(tok["id"]) if tok else "",
+                 _piece_text(clip(tok["piece"], 20)) if tok else ""]
+        if components:
+            cells.append(label)
+        cells.append(f"{norm:.4f}")
+        lead_cells.append(cells)
+    want = total if dims is None else min(dims, total)
+    numbers = [[f"{v:+.4f}" for v in vec[:want]] for _, _, vec, _, _ in rows_meta]
+    cell = max([text_width(f"d{want - 1}")] + [len(x) for row in numbers for x in row])
+    fixed = sum(fit_widths(lead, lead_cells, width)) + GAP * len(lead)
+    per_table = column_chunks(fixed, cell, want, width)
+    shown = per_table if dims is None else want
+    for start in range(0, shown, per_table):
+        stop = min(shown, start + per_table)
+        cols = lead + [Col(f"d{j}", right=True) for j in range(start, stop)]
+        rows, styles = [], []
+        for r, base in enumerate(lead_cells):
+            rows.append(base + [Text(x, style="cyan" if not x.startswith("-") else "magenta")
+                                for x in numbers[r][start:stop]])
+        if start:
+            con.print()
+        print_lines(con, fit_table(cols, rows, width))
+    if shown < total:
+        con.print(f"[dim]d0..d{shown - 1} of {total} values shown "
+                  f"({'--dims N for more; ' if dims is None else ''}--json has them all)[/]",
+                  highlight=False)
     if result.neighbors:
-        nt = _table(("pos", "right"), ("piece", "left"), ("nearest tokens (cosine)", "left"))
-        for tok, nbrs in zip(result.tokens, result.neighbors):
-            nt.add_row(str(tok["position"]), _piece_text(tok["piece"]),
-                       "  ".join(f"{visible(n['piece'])} [dim]{n['cosine']:.3f}[/]" for n in nbrs))
-        con.print(nt)
-    con.print(f"[dim]position: {result.position_note}[/]")
+        con.print()
+        con.print("[bold]nearest vocabulary tokens[/] (cosine similarity to the embedding matrix rows)",
+                  highlight=False)
+        labels = [Text(f"{tok['position']:>4} ").append_text(_piece_text(clip(tok["piece"], 20)))
+                  for tok in result.tokens]
+        lw = max(t.cell_len for t in labels) + GAP
+        for label, nbrs in zip(labels, result.neighbors):
+            entries = [_piece_text(clip(n["piece"], 24)).append(f" {n['cosine']:.3f}", style="dim")
+                       for n in nbrs]
+            for i, line in enumerate(pack(entries, max(12, width - lw))):
+                head = label.copy() if i == 0 else Text("")
+                head.append(" " * (lw - head.cell_len))
+                print_lines(con, [head.append_text(line)])
+    con.print(Text("position: " + result.position_note, style="dim"))
 
 
 # ----------------------------------------------------------------------------- logits
@@ -420,6 +580,11 @@ def _step_title(result, i, step) -> str:
             f"entropy {step.entropy_bits:.3f} bits")
 
 
+def _generated_text(result) -> str:
+    """The chosen tokens' text decoded as one sequence (as generate prints it)."""
+    return getattr(result, "text", None) or "".join(s.chosen["text"] for s in result.steps)
+
+
 def topk_plain(result) -> str:
     out = []
     for i, step in enumerate(result.steps):
@@ -442,9 +607,40 @@ def topk_plain(result) -> str:
         out.append(_chosen_line(result, step))
         out.append("")
     if len(result.steps) > 1 or result.stop_reason == "eos":
-        out.append("generated: " + "".join(s.chosen["text"] for s in result.steps).__repr__()
+        out.append("generated: " + repr(_generated_text(result))
                    + (" (stopped at end-of-sequence)" if result.stop_reason == "eos" else ""))
     return "\n".join(out) + ("\n" if out and out[-1] else "")
+
+
+def _candidate_table(con, cands: list[dict], chosen_id: int | None = None,
+                     marks: dict[int, list[str]] | None = None, logit: bool = True) -> list:
+    """Fitted lines of a candidates table (rank, id, piece, logit, bar, prob, logprob, cum):
+    the bar takes the width the numbers and pieces leave (4..60 cells), so that at 80 columns
+    nothing is cut; ``marks[rank]`` are lines drawn after that rank (a filter's cut)."""
+    from rich.text import Text
+
+    cols = [Col("#", right=True), Col("id", right=True), Col("piece", shrink=True, min_width=8)]
+    if logit:
+        cols.append(Col("logit", right=True))
+    cols += [Col("prob", flex=(4, 60)), Col("", right=True), Col("logprob", right=True),
+             Col("cum", right=True)]
+    rows, styles = [], []
+    for c in cands:
+        style = prob_style(c["prob"])
+        row = [str(c["rank"] + 1), str(c["id"]), _piece_text(c["piece"])]
+        if logit:
+            row.append(f"{c['logit']:.4f}")
+        row += [lambda w, p=c["prob"], st=style: Text(bar(p, w), style=st), f"{c['prob']:.4f}",
+                f"{c['logprob']:.4f}", f"{c['cumulative']:.4f}"]
+        rows.append(row)
+        styles.append("bold reverse" if chosen_id is not None and c["id"] == chosen_id else None)
+    after = {}
+    if marks:
+        widths = fit_widths(cols, rows, con.width)
+        indent = " " * (widths[0] + widths[1] + 2 * GAP)
+        after = {r: [Text(f"{indent}── {label} ──", style="dim italic") for label in labels]
+                 for r, labels in marks.items()}
+    return fit_table(cols, rows, con.width, styles=styles, after=after)
 
 
 def topk_rich(result, con) -> None:
@@ -453,20 +649,9 @@ def topk_rich(result, con) -> None:
     for i, step in enumerate(result.steps):
         con.print(_step_title(result, i, step), style="bold", highlight=False, markup=False)
         marks = _cut_marks(step, len(step.candidates), result.top_p, result.min_p)
-        table = _table(("#", "right"), ("id", "right"), ("piece", "left"), ("logit", "right"),
-                       ("prob", "left"), ("", "right"), ("logprob", "right"), ("cum", "right"))
-        chosen = step.chosen.get("id")
-        for c in step.candidates:
-            style = prob_style(c["prob"])
-            table.add_row(str(c["rank"] + 1), str(c["id"]), _piece_text(c["piece"]), f"{c['logit']:.4f}",
-                          Text(bar(c["prob"], _bar_width(con)), style=style), f"{c['prob']:.4f}",
-                          f"{c['logprob']:.4f}", f"{c['cumulative']:.4f}",
-                          style="bold reverse" if c["id"] == chosen else None)
-            for label in marks.get(c["rank"], []):
-                table.add_row("", "", Text(f"── {label} ──", style="dim italic"), "", "", "", "", "")
-        con.print(table)
-        con.print(_filters_line(result, step), style="dim", markup=False)
-        con.print(_chosen_line(result, step), markup=False)
+        print_lines(con, _candidate_table(con, step.candidates, step.chosen.get("id"), marks))
+        con.print(_filters_line(result, step), style="dim", markup=False, highlight=False)
+        con.print(_chosen_line(result, step), markup=False, highlight=False)
         con.print()
     if len(result.steps) > 1 or result.stop_reason == "eos":
         text = Text("generated: ", style="bold")
@@ -596,17 +781,30 @@ def _lens_summary(lens: list[dict], n: int = 3) -> str:
     return "  ".join(f"{visible(c['piece'])} {c['prob']:.2f}" for c in lens[:n])
 
 
-def heatmap_window(weights: list[list[float]]) -> tuple[int, list[list[float]]]:
-    """The positions drawn (the last :data:`HEATMAP_MAX`): ``(first position, rows)``."""
+def heatmap_window(weights: list[list[float]], most: int = HEATMAP_MAX) -> tuple[int, list[list[float]]]:
+    """The positions drawn (the last ``most``, :data:`HEATMAP_MAX` by default): ``(first
+    position, rows)``."""
     n = len(weights)
-    start = max(0, n - HEATMAP_MAX)
+    start = max(0, n - max(1, most))
     return start, [row[start:] for row in weights[start:]]
 
 
-def heatmap_plain(attention: dict, tokens: list[dict]) -> str:
+def _heatmap_label(tokens: list[dict], i: int) -> str:
+    return f"{tokens[i]['position']:>4} {clip(visible(tokens[i]['piece']), 10)}"
+
+
+def _heatmap_most(attention: dict, tokens: list[dict], width: int) -> int:
+    """Most positions whose two-cell columns fit ``width`` beside the row labels."""
+    n = len(attention["weights"])
+    lw = max(text_width(_heatmap_label(tokens, i)) for i in range(max(0, n - HEATMAP_MAX), n))
+    return max(4, min(HEATMAP_MAX, (width - lw - 1) // 2))
+
+
+def heatmap_plain(attention: dict, tokens: list[dict], most: int = HEATMAP_MAX) -> str:
     """The attention pattern as shading characters: rows are query positions, columns keys;
-    shading is relative to the largest weight drawn; ``·`` marks future (masked) positions."""
-    start, rows = heatmap_window(attention["weights"])
+    shading is relative to the largest weight drawn; ``·`` marks future (masked) positions;
+    the last ``most`` positions are drawn."""
+    start, rows = heatmap_window(attention["weights"], most)
     peak = max((max(r[: i + 1]) for i, r in enumerate(rows)), default=1.0) or 1.0
     who = f"head {attention['head']}" if attention["head"] is not None else "mean of all heads"
     name = attention.get("name", f"model.layers.{attention['layer']}")
@@ -615,8 +813,7 @@ def heatmap_plain(attention: dict, tokens: list[dict]) -> str:
            f"largest weight shown ({peak:.3f}); '·' = masked (future)"]
     if start:
         out.append(f"(showing positions {start}..{start + len(rows) - 1} of {len(attention['weights'])})")
-    labels = [f"{tokens[start + i]['position']:>4} {clip(visible(tokens[start + i]['piece']), 10)}"
-              for i in range(len(rows))]
+    labels = [_heatmap_label(tokens, start + i) for i in range(len(rows))]
     lw = max(text_width(lab) for lab in labels)
     out.append(" " * lw + " " + "".join(f"{(start + j) % 100:<2}"[:2] if (start + j) % 5 == 0 else "  "
                                         for j in range(len(rows))).rstrip())
@@ -633,9 +830,12 @@ def heatmap_rich(attention: dict, tokens: list[dict], con) -> None:
     from rich.text import Text
 
     if con.no_color or con.color_system is None:
-        con.print(heatmap_plain(attention, tokens), markup=False, highlight=False, end="")
+        text = heatmap_plain(attention, tokens, most=_heatmap_most(attention, tokens, con.width))
+        first, rest = text.split("\n", 1)
+        con.print(first, markup=False, highlight=False)        # the caption may wrap
+        print_lines(con, rest.rstrip("\n").split("\n"))
         return
-    start, rows = heatmap_window(attention["weights"])
+    start, rows = heatmap_window(attention["weights"], _heatmap_most(attention, tokens, con.width))
     peak = max((max(r[: i + 1]) for i, r in enumerate(rows)), default=1.0) or 1.0
     who = f"head {attention['head']}" if attention["head"] is not None else "mean of all heads"
     name = attention.get("name", f"model.layers.{attention['layer']}")
@@ -643,8 +843,7 @@ def heatmap_rich(attention: dict, tokens: list[dict], con) -> None:
               f"rows = queries, columns = keys; brightest = {peak:.3f}", highlight=False)
     if start:
         con.print(f"[dim](showing positions {start}..{start + len(rows) - 1} of {len(attention['weights'])})[/]")
-    labels = [f"{tokens[start + i]['position']:>4} {clip(visible(tokens[start + i]['piece']), 10)}"
-              for i in range(len(rows))]
+    labels = [_heatmap_label(tokens, start + i) for i in range(len(rows))]
     lw = max(text_width(lab) for lab in labels)
     con.print(" " * lw + " " + "".join(f"{(start + j) % 100:<2}"[:2] if (start + j) % 5 == 0 else "  "
                                        for j in range(len(rows))).rstrip(), style="dim", highlight=False)
@@ -720,9 +919,58 @@ def trace_plain(result) -> str:
     return "\n".join(out) + "\n"
 
 
-def trace_rich(result, con) -> None:
+def _lens_cell(lens: list[dict]):
+    """A flex cell: as many of the logit lens's top tokens as its width holds (whole)."""
     from rich.text import Text
 
+    def draw(width: int) -> "Text":
+        out = Text()
+        for c in lens:
+            entry = Text(visible(c["piece"]), style=prob_style(c["prob"]))
+            entry.append(f" {c['prob']:.2f}", style="dim")
+            need = entry.cell_len + (GAP if out.cell_len else 0)
+            if out.cell_len and out.cell_len + need > width:
+                break
+            if out.cell_len:
+                out.append(" " * GAP)
+            out.append_text(entry)
+        return out
+
+    return draw
+
+
+def _heads_grid(result, width: int) -> list:
+    """Rows = blocks, columns = heads: the position the last query attends to most, its piece
+    and weight; the heads split over as many grids as the width needs."""
+    from rich.text import Text
+
+    layers = result.layers
+    n_heads = max((len(L["heads"]) for L in layers), default=0)
+    cells = [[f"{h['position']}:{clip(visible(h['piece']), 10)} {h['weight']:.2f}" for h in L["heads"]]
+             for L in layers]
+    cell = max([text_width(f"h{n_heads - 1}")] + [text_width(c) for row in cells for c in row])
+    block_w = max(text_width("block"), max((len(str(L["layer"])) for L in layers), default=1))
+    per = column_chunks(block_w + GAP, cell, n_heads, width)
+    lines = []
+    for start in range(0, n_heads, per):
+        stop = min(n_heads, start + per)
+        cols = [Col("block", right=True)] + [Col(f"h{j}") for j in range(start, stop)]
+        rows = []
+        for L, row in zip(layers, cells):
+            rows.append([str(L["layer"])] + [
+                Text(c, style=prob_style(L["heads"][j]["weight"])) for j, c in
+                zip(range(start, stop), row[start:stop])])
+        if start:
+            lines.append(Text(""))
+        lines.extend(fit_table(cols, rows, width))
+    return lines
+
+
+def trace_rich(result, con) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    width = con.width
     con.rule("[bold]1. tokens", align="left")
     line = Text()
     for t in result.tokens:
@@ -730,44 +978,41 @@ def trace_rich(result, con) -> None:
         line.append(f"({t['id']}) ", style="dim")
     con.print(line)
     names = _trace_names(result)
-    lines = _model_lines(result)
-    if lines:
-        con.rule(f"[bold]model[/] ({result.architecture['family']})", align="left")
-        for line in lines[1:-1]:
-            con.print(line, markup=False, highlight=False)
+    a = getattr(result, "architecture", None) or {}
+    if a:
+        con.rule(f"[bold]model[/] ({a['family']})", align="left")
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(no_wrap=True, style="bold")
+        grid.add_column(overflow="fold")
+        for k in ("norm", "position", "attention", "mlp", "residual"):
+            grid.add_row(k, Text(str(a[k])))
+        con.print(grid)
     con.rule(f"[bold]2. embedding[/] ({names['embedding']})", align="left")
-    t = _table(("pos", "right"), ("piece", "left"), ("norm", "right"))
-    for tok, n in zip(result.tokens, result.embedding_norms):
-        t.add_row(str(tok["position"]), _piece_text(tok["piece"]), f"{n:.4f}")
-    con.print(t)
-    con.print(f"[dim]position: {result.position_note}[/]")
+    rows = [[str(tok["position"]), _piece_text(tok["piece"]), f"{n:.4f}"]
+            for tok, n in zip(result.tokens, result.embedding_norms)]
+    print_lines(con, fit_table([Col("pos", right=True), Col("piece", shrink=True, min_width=8),
+                                Col("norm", right=True)], rows, width))
+    con.print(Text(f"position: {result.position_note}", style="dim"))
     last = result.tokens[-1]
     con.rule(f"[bold]3. blocks[/] (last position {last['position']}: {visible(last['piece'])})", align="left")
-    t = _table(("block", "right"), ("residual norm", "right"), ("logit lens top", "left"),
-               ("most-attended token per head", "left"))
-    t.columns[3].no_wrap = False  # the heads wrap; block, norm and lens stay whole
-    t.columns[3].overflow = "fold"
-    for L in result.layers:
-        lens = Text()
-        for c in L["lens"][:3]:
-            lens.append(visible(c["piece"]), style=prob_style(c["prob"]))
-            lens.append(f" {c['prob']:.2f}  ", style="dim")
-        t.add_row(str(L["layer"]), f"{L['residual_norm']:.4f}", lens, _heads_summary(L["heads"]))
-    con.print(t)
+    cols = [Col("block", right=True), Col("residual norm", right=True),
+            Col("logit lens (top tokens, probability)", flex=(12, 200))]
+    rows = [[str(L["layer"]), f"{L['residual_norm']:.4f}", _lens_cell(L["lens"])] for L in result.layers]
+    print_lines(con, fit_table(cols, rows, width))
+    con.print()
+    con.print(f"[bold]most-attended token per head[/], query {last['position']}: position:piece weight",
+              highlight=False)
+    print_lines(con, _heads_grid(result, width))
     con.rule(f"[bold]4. final norm and logits[/] ({names['final_norm']}, {names['lm_head']})",
              align="left")
-    con.print(f"final norm output: norm {result.final_norm:.4f}")
-    con.print(_stats_line(result.stats))
-    con.print("top logits: " + "  ".join(f"{visible(c['piece'])} {c['logit']:.3f}" for c in result.top_logits),
-              markup=False, highlight=False)
+    con.print(f"final norm output: norm {result.final_norm:.4f}", highlight=False)
+    con.print(_stats_line(result.stats), highlight=False)
+    entries = [_piece_text(c["piece"]).append(f" {c['logit']:.3f}", style="dim") for c in result.top_logits]
+    packed = pack(entries, width - len("top logits: "))
+    print_lines(con, [Text("top logits: ").append_text(packed[0])]
+                + [Text(" " * len("top logits: ")).append_text(x) for x in packed[1:]])
     con.rule(f"[bold]5. softmax[/] (entropy {result.entropy_bits:.3f} bits)", align="left")
-    t = _table(("#", "right"), ("id", "right"), ("piece", "left"), ("prob", "left"), ("", "right"),
-               ("logprob", "right"))
-    for c in result.candidates:
-        t.add_row(str(c["rank"] + 1), str(c["id"]), _piece_text(c["piece"]),
-                  Text(bar(c["prob"], _bar_width(con, 52)), style=prob_style(c["prob"])), f"{c['prob']:.4f}",
-                  f"{c['logprob']:.4f}")
-    con.print(t)
+    print_lines(con, _candidate_table(con, result.candidates, logit=False))
     c = result.chosen
     con.rule(f"[bold]6. chosen[/] ({c['rule']})", align="left")
     con.print(Text.assemble(_piece_text(c["piece"]), f" (id {c['id']}, p {c['prob']:.4f}) → text {c['text']!r}"))
