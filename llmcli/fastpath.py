@@ -51,11 +51,15 @@ def fuse(linears: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Concatenate ``linears``' weights (each (n_i, D)) into one (Σn, D) matrix in the fast
     layout, and their biases into one (Σn,) vector; each Linear's weight and bias become
     views of them. Returns ``(weight (Σn, D), bias or None)``."""
-    weight = _relayout(torch.cat([m.weight for m in linears])).data               # (Σn, D)
+    first = linears[0].weight
+    rows = sum(m.weight.shape[0] for m in linears)
+    # the (in, out) storage filled in place: no concatenated copy beside it (peak memory)
+    weight = torch.empty(first.shape[1], rows, dtype=first.dtype, device=first.device).t()
     bias = torch.cat([m.bias for m in linears]) if linears[0].bias is not None else None
     row = 0
     for m in linears:
         n = m.weight.shape[0]
+        weight[row:row + n].copy_(m.weight)
         m.weight = nn.Parameter(weight[row:row + n], requires_grad=False)
         if bias is not None:
             m.bias = nn.Parameter(bias[row:row + n], requires_grad=False)

@@ -9,6 +9,7 @@ never unpickled).
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 from pathlib import Path
@@ -114,6 +115,110 @@ def read_tensors(files: list[Path]) -> dict[str, Any]:
     return tensors
 
 
+def tensor_locations(files: list[Path]) -> dict[str, tuple[Path, int, int]]:
+    """Where each tensor's bytes lie: ``{name: (file, first byte, end byte)}`` (offsets from
+    the start of the file, from the safetensors header).
+
+    Raises:
+        LLMCLIError: as :func:`read_safetensors_header`.
+    """
+    where = {}
+    for path in files:
+        header = read_safetensors_header(path)
+        with path.open("rb") as fh:
+            data_start = 8 + int.from_bytes(fh.read(8), "little")
+        for name, meta in header.items():
+            first, end = (int(x) for x in meta["data_offsets"])
+            where[name] = (path, data_start + first, data_start + end)
+    return where
+
+
+#: bytes read from a weights file at a time while loading (the only temporary buffer)
+_CHUNK_BYTES = 16 << 20
+
+
+def read_into(dest, path: Path, first: int, end: int, dtype) -> None:
+    """Copy one stored tensor, ``dtype`` and ``dest``'s shape, C order, at bytes
+    ``[first, end)`` of ``path``, into ``dest`` (any strides, dtype or device: converted).
+
+    Read with plain file reads in chunks of about :data:`_CHUNK_BYTES` (whole rows), so
+    the peak memory is ``dest`` plus one chunk: no memory map stays resident beside the
+    model's copy of the weights, whatever layout ``dest`` has.
+
+    Raises:
+        LLMCLIError: the file is shorter than its header says.
+    """
+    import torch
+
+    item = torch.empty((), dtype=dtype).element_size()
+    shape = tuple(dest.shape)
+    if end - first != item * math.prod(shape):
+        raise LLMCLIError(f"{path}: tensor bytes [{first}, {end}) do not hold {list(shape)} {dtype}")
+    rows = shape[0] if shape else 1
+    row_bytes = (end - first) // rows if rows else 0
+    step = max(1, _CHUNK_BYTES // row_bytes) if row_bytes else rows
+    target = dest if shape else dest.view(1)
+    with path.open("rb") as fh:
+        fh.seek(first)
+        for r0 in range(0, rows, step):
+            r = min(step, rows - r0)
+            buf = bytearray(r * row_bytes)
+            if fh.readinto(buf) != len(buf):
+                raise LLMCLIError(f"{path}: truncated (a tensor's data ends past the end of the file)")
+            chunk = torch.frombuffer(buf, dtype=dtype).view(r, *shape[1:])
+            target[r0:r0 + r].copy_(chunk)
+
+
+def build_empty(cls, config):
+    """``cls(config)`` on the meta device (shapes and dtypes, no memory), without running
+    the modules' random initialisation: ``normal_`` on a meta tensor goes through torch's
+    reference implementations, which import ``torch._dynamo`` (1-2 s of start-up)."""
+    import torch
+
+    with _no_init(), torch.device("meta"):
+        return cls(config)
+
+
+class _no_init:
+    """Within: ``torch.nn.init``'s in-place initialisers return their tensor untouched (as
+    transformers' ``no_init_weights``)."""
+
+    NAMES = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_",
+             "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_",
+             "orthogonal_", "sparse_")
+
+    def __enter__(self):
+        from torch.nn import init
+
+        self.saved = {n: getattr(init, n) for n in self.NAMES if hasattr(init, n)}
+        for name in self.saved:
+            setattr(init, name, _keep)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        from torch.nn import init
+
+        for name, fn in self.saved.items():
+            setattr(init, name, fn)
+
+
+def _keep(tensor, *args, **kwargs):
+    return tensor
+
+
+def fast_layout_names(model) -> set[str]:
+    """The parameters :func:`llmcli.fastpath.relayout_linears` stores transposed, (in, out)
+    row-major behind an (out, in) view: every ``nn.Linear`` weight, and the token embedding
+    when it is tied to one. The loader writes them in that layout straight away (a view is
+    left as it is by the relayout), so the weights are never held twice."""
+    from torch import nn
+
+    names = {f"{prefix}.weight" for prefix, m in model.named_modules() if isinstance(m, nn.Linear)}
+    if model.config.tie_word_embeddings:
+        names.add(type(model).EMBEDDING_NAME)
+    return names
+
+
 def expected_shapes(config) -> dict[str, tuple[int, ...]]:
     """Every tensor name a checkpoint of ``config``'s family must hold → its shape, as stored
     (Hugging Face names and layout: GPT-2's Conv1D matrices (in, out)). A tied output matrix
@@ -124,8 +229,7 @@ def expected_shapes(config) -> dict[str, tuple[int, ...]]:
     from llmcli.models import model_class
 
     cls = model_class(config)
-    with torch.device("meta"):
-        model = cls(config)
+    model = build_empty(cls, config)
     shapes = {}
     for name, tensor in model.state_dict().items():
         if config.tie_word_embeddings and name == cls.OUTPUT_NAME:
@@ -155,7 +259,7 @@ def resolve_dtype(dtype: str, device: str, storage_dtype) -> Any:
 
 
 def load_model(model_dir: Path | str, dtype: str = "auto", device: str = "cpu",
-               warn=None):
+               warn=None, quant: str | None = None):
     """Load a model directory of any family in :data:`llmcli.models.FAMILIES` →
     ``(model, config)`` in eval mode, with the decoding fast path installed
     (:func:`llmcli.fastpath.install`).
@@ -184,7 +288,14 @@ def load_model(model_dir: Path | str, dtype: str = "auto", device: str = "cpu",
         raise LLMCLIError(f"{model_dir}: no such model directory")
     config = load_config(model_dir / "config.json")
     cls = model_class(config)
-    tensors = cls.checkpoint_names(read_tensors(weight_files(model_dir)))
+    files = weight_files(model_dir)
+    raw = read_tensors(files)             # memory-mapped: names, shapes, dtypes; data untouched
+    where = tensor_locations(files)
+    location = {id(t): where[name] for name, t in raw.items()}    # survives renaming
+    tensors = cls.checkpoint_names(raw)
+    del raw
+    from llmcli.quant import LoadPlan      # quantized weights (--quant; llmcli.quant)
+    plan = LoadPlan.start(model_dir, tensors, cls, quant)
     shapes = expected_shapes(config)
     embed_name, output_name = cls.EMBEDDING_NAME, cls.OUTPUT_NAME
 
@@ -208,18 +319,34 @@ def load_model(model_dir: Path | str, dtype: str = "auto", device: str = "cpu",
     storage = tensors[embed_name].dtype
     torch_dtype = resolve_dtype(dtype, device, storage)
     _check_device(device)
-    with torch.device("meta"):
-        model = cls(config)
+    model = build_empty(cls, config)
+    fast = fast_layout_names(model)
     state = {}
-    for name in shapes:
-        t = tensors[name].to(device=device, dtype=torch_dtype)
-        state[name] = t.t() if name.endswith(cls.TRANSPOSED_IN_CHECKPOINT) else t
+    # Each tensor is read from the file into its final place (dtype, device, layout): the
+    # peak memory is the model plus one chunk (read_into), not the file mapped beside a copy.
+    for name, shape in shapes.items():
+        if name in plan.stored:
+            state[name] = plan.value(name, torch_dtype, device)
+            continue
+        stored = tensors[name]
+        in_ckpt_t = name.endswith(cls.TRANSPOSED_IN_CHECKPOINT)
+        model_shape = shape[::-1] if in_ckpt_t else shape
+        if name in fast and len(model_shape) == 2:       # (in, out) storage, (out, in) view
+            dest = torch.empty(model_shape[::-1], dtype=torch_dtype, device=device).t()
+        else:
+            dest = torch.empty(model_shape, dtype=torch_dtype, device=device)
+        path, first, end = location[id(stored)]
+        read_into(dest.t() if in_ckpt_t else dest, path, first, end, stored.dtype)
+        state[name] = dest
+    del tensors
     if config.tie_word_embeddings:
         state[output_name] = state[embed_name]
     model.load_state_dict(state, strict=True, assign=True)
+    del state
     model.tie_weights()
     model.reset_buffers(device)
     model.eval()
+    plan.finish(model, device, warn)
     install(model)
     return model, config
 
@@ -248,11 +375,12 @@ def check_tensors(model_dir: Path, config, tensors: dict[str, Any], shapes: dict
     """
     raw = _raw_config(model_dir / "config.json")
     quant = raw.get("quantization_config")
-    if quant:
+    if quant and not (isinstance(quant, dict) and quant.get("quant_method") == "llmcli"):
         method = quant.get("quant_method", "unnamed") if isinstance(quant, dict) else quant
         raise LLMCLIError(f"{model_dir / 'config.json'}: quantization_config (quant_method "
-                          f"{method!r}) is not supported: llmcli computes with unquantised "
-                          "float32/float16/bfloat16 weights only")
+                          f"{method!r}) is not supported: llmcli computes with float weights "
+                          "or its own quantized blocks (quant_method 'llmcli', see `llmcli "
+                          "convert --quant`)")
     for name in shapes:
         dtype = str(tensors[name].dtype).replace("torch.", "")
         if dtype not in USABLE_DTYPES:

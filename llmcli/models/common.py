@@ -292,7 +292,12 @@ class RotaryEmbedding(nn.Module):
         super().__init__()
         self.dim, self.theta, self.scaling = dim, theta, scaling
         self.max_position_embeddings = max_position_embeddings
-        self.register_buffer("inv_freq", self._inv_freq(), persistent=False)   # (R/2,)
+        # computed on the CPU, then moved: on the meta device (the loader builds models
+        # there) torch's reference arithmetic would import torch._dynamo (1-2 s of start-up)
+        with torch.device("cpu"):
+            inv_freq = self._inv_freq()
+        self.register_buffer("inv_freq", inv_freq.to(torch.get_default_device()),
+                             persistent=False)                                       # (R/2,)
 
     def _inv_freq(self) -> torch.Tensor:
         return rope_inv_freq(self.dim, self.theta, self.scaling, self.max_position_embeddings)
