@@ -95,6 +95,7 @@ def cli(monkeypatch, capsys):
     from llmcli.cli.app import main
 
     def run(*args):
+        capsys.readouterr()          # drop what came before (transformers' progress bars)
         monkeypatch.setattr(sys, "argv", ["llmcli", *map(str, args)])
         monkeypatch.setattr(sys, "stdin", io.StringIO(""))
         code = 0

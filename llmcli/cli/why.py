@@ -288,6 +288,12 @@ def compare_command(
             raise UsageError(f"give A B [TEXT]: got {len(words)} arguments (quote the text)")
         if model is not None:
             raise UsageError("-m: the two models are the arguments A and B; -m is for --prompt-b")
+        from llmcli.render import clip
+
+        for name, path in (("A", words[0]), ("B", words[1])):
+            if not Path(path).exists():
+                raise UsageError(f"{name}: no such model directory: {clip(repr(path), 60)} (usage: "
+                                 "llmcli compare A B [TEXT]; two prompts: -m DIR --prompt-b ...)")
     check_model_options(dtype, threads)
     if dtype_b is not None and dtype_b not in DTYPES:
         raise UsageError(f"--dtype-b: {dtype_b!r} is not one of {', '.join(DTYPES)}")
