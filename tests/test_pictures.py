@@ -220,3 +220,132 @@ def test_html_screenshot_shows_the_view(tmp_path):
     assert len(colours) > 20
     bar = tuple(int(P.prob_colour(0.8848)[i:i + 2], 16) for i in (1, 3, 5))
     assert any(all(abs(a - b) <= 8 for a, b in zip(c, bar)) for c in colours)
+
+
+# ----------------------------------------------------------------------------- topk and trace
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """``llmcli ARGS`` in-process on the bundled model → ``(exit code, stdout, stderr)``."""
+    import io
+    import sys
+
+    from llmcli.cli.app import main
+    from test_cli_generate import DEFAULT_MODEL
+
+    def run(*args: str):
+        monkeypatch.setattr(sys, "argv", ["llmcli", *map(str, args), "-m", str(DEFAULT_MODEL)])
+        monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+        code = 0
+        try:
+            main()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def _one_line_error(result, code: int, *needles: str) -> None:
+    got, out, err = result
+    assert got == code, (got, out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    for n in needles:
+        assert n in lines[0], (n, err)
+
+
+def test_topk_pictures(cli, tmp_path):
+    import json
+
+    from llmcli.render import visible
+
+    svg, page = tmp_path / "topk.svg", tmp_path / "topk.html"
+    code, out, err = cli("topk", "ROMEO:", "--steps", "3", "--json", "--save-svg", svg, "--save-html", page)
+    assert code == 0, err
+    assert f"saved SVG picture to {svg}" in err and f"saved HTML picture to {page}" in err
+    doc = json.loads(out)
+    texts = svg_texts(parse_svg(svg.read_text(encoding="utf-8")))
+    html_doc = parse_html(page.read_text(encoding="utf-8"))
+    body = html_text(html_doc)
+    for step in doc["steps"]:
+        for c in step["candidates"]:
+            for s in (visible(c["piece"]), f"{c['prob']:.4f}", f"{c['logprob']:.4f}", f"{c['cumulative']:.4f}"):
+                assert s in texts and s in body, s
+    # every step's bars: one table each in the HTML, rows = candidates (+ the cut marks)
+    tables = [t for t, a in html_doc.tags if t == "table"]
+    assert len(tables) == 3
+    assert sum(1 for t, a in html_doc.tags if t == "tr" and a.get("class") == "hl") == 3   # chosen rows
+    assert any("top-p 0.95 cuts here" in t for t in texts) or any("min-p 0.05 cuts here" in t for t in texts)
+    # the generated text, coloured per token, reads as generate prints it
+    for step in doc["steps"]:
+        assert step["chosen"]["text"].replace("\n", "↵") in texts
+    assert "".join(s["chosen"]["text"] for s in doc["steps"]) == doc["text"]
+    # an existing file is refused before any work (nothing changed); --force replaces it
+    before = svg.read_bytes()
+    _one_line_error(cli("topk", "ROMEO:", "--save-svg", svg), 1, "--save-svg", "already exists", "--force")
+    assert svg.read_bytes() == before
+    code, _, err = cli("topk", "ROMEO:", "--save-svg", svg, "--force")
+    assert code == 0, err
+    assert svg.read_bytes() != before and len(svg_texts(parse_svg(svg.read_text(encoding="utf-8")))) > 10
+    _one_line_error(cli("topk", "ROMEO:", "--save-html", tmp_path), 1, "--save-html", "is a directory")
+    _one_line_error(cli("topk", "ROMEO:", "--save-svg", tmp_path / "x", "--save-html", tmp_path / "x"), 2,
+                    "--save-html", "--save-svg")
+    _one_line_error(cli("topk", "ROMEO:", "--save-svg", tmp_path / "none" / "x.svg"), 1,
+                    "--save-svg", "does not exist")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["topk.html", "topk.svg"]
+
+
+def test_trace_pictures(cli, tmp_path):
+    import json
+
+    import torch
+
+    from llmcli.inspection import tensors as T
+    from llmcli.render import visible
+    from llmcli.tokenizer import load_tokenizer
+    from llmcli.weights import load_model
+    from test_cli_generate import DEFAULT_MODEL
+
+    text = "ROMEO: What light through yonder window"
+    svg, page = tmp_path / "trace.svg", tmp_path / "trace.html"
+    code, out, err = cli("trace", text, "--attention", "1", "--json", "--save-svg", svg, "--save-html", page)
+    assert code == 0, err
+    doc = json.loads(out)
+    grid = doc["lens_grid"]
+    n_tok = len(doc["tokens"])
+    assert grid["first_position"] == 0 and len(grid["layers"]) == len(doc["layers"])
+    # the grid's last position is the per-block logit lens trace shows; its last block is the
+    # model's own prediction at every position
+    model, _ = load_model(DEFAULT_MODEL)
+    tok = load_tokenizer(DEFAULT_MODEL)
+    logits, _ = T.forward(model, tok.encode(text))
+    for L, row in zip(doc["layers"], grid["layers"]):
+        assert len(row["positions"]) == n_tok
+        assert row["positions"][-1][0]["id"] == L["lens"][0]["id"]
+        assert abs(row["positions"][-1][0]["prob"] - L["lens"][0]["prob"]) < 1e-6
+    assert [cell[0]["id"] for cell in grid["layers"][-1]["positions"]] == logits.argmax(-1).tolist()
+    probs = torch.softmax(logits.double(), -1).max(-1).values.tolist()
+    assert all(abs(c[0]["prob"] - p) < 1e-5 for c, p in zip(grid["layers"][-1]["positions"], probs))
+
+    root = parse_svg(svg.read_text(encoding="utf-8"))
+    texts = svg_texts(root)
+    html_doc = parse_html(page.read_text(encoding="utf-8"))
+    body = html_text(html_doc)
+    for row in grid["layers"]:
+        for cell in row["positions"]:
+            piece = P._clip(visible(cell[0]["piece"]), P.MAX_CELL_CELLS)
+            assert piece in texts and piece in body
+    for c in doc["top"]:
+        assert f"{c['prob']:.4f}" in texts and f"{c['prob']:.4f}" in body
+    # the heat map: a coloured cell for each query/key pair at or before the query, the rest empty
+    titles = ["".join(el.itertext()) for el in root.iter(SVG_NS + "title")]
+    assert sum(t.startswith("query ") for t in titles) == n_tok * (n_tok + 1) // 2
+    assert sum(t == "masked (future)" for t in titles) == n_tok * (n_tok - 1) // 2
+    w = doc["attention"]["weights"]
+    assert f"query {n_tok - 1} → key 0: {w[-1][0]:.4f}" in titles
+    grids = [a for t, a in html_doc.tags if t == "table" and a.get("class") == "grid"]
+    assert len(grids) == 2
+    fills = {el.get("fill") for el in root.iter(SVG_NS + "rect")}
+    peak = max(max(r[: i + 1]) for i, r in enumerate(w))
+    assert P.heat_scale(peak).colour(w[-1][0]) in fills

@@ -32,6 +32,16 @@ SaveOpt = Annotated[Optional[Path], typer.Option(
     show_default=False, metavar="FILE.safetensors")]
 ForceOpt = Annotated[bool, typer.Option(
     "--force", help="With --save: replace FILE if it exists (a regular file only).")]
+SaveSvgOpt = Annotated[Optional[Path], typer.Option(
+    "--save-svg", help="Also draw the view as a self-contained SVG picture in this new file "
+                       "(atomically; an existing file needs --force).",
+    show_default=False, metavar="FILE.svg")]
+SaveHtmlOpt = Annotated[Optional[Path], typer.Option(
+    "--save-html", help="Also draw the view as a self-contained HTML page (inline CSS, no "
+                        "scripts) in this new file (atomically; an existing file needs --force).",
+    show_default=False, metavar="FILE.html")]
+PictureForceOpt = Annotated[bool, typer.Option(
+    "--force", help="With --save-svg/--save-html: replace the file if it exists (a regular file only).")]
 
 
 # ----------------------------------------------------------------------------- loading
@@ -125,6 +135,28 @@ def _save(path: Path, tensors: dict, metadata: dict[str, str], what: str, force:
     save_safetensors(path, tensors, metadata, force=force)
     shape = "×".join(str(d) for d in next(iter(tensors.values())).shape)
     _note(f"saved {what} ({shape}) to {path}")
+
+
+def _check_pictures(svg: Path | None, html: Path | None, force: bool) -> None:
+    """Fail before any work when a --save-svg/--save-html path may not be written."""
+    from llmcli.render.pictures import check_picture_path
+
+    if svg is not None and html is not None and Path(svg).absolute() == Path(html).absolute():
+        raise UsageError(f"--save-html: {html} is also the --save-svg file; give two names")
+    for path, option in ((svg, "--save-svg"), (html, "--save-html")):
+        if path is not None:
+            check_picture_path(path, option, force)
+
+
+def _save_pictures(kind: str, result, text: str, svg: Path | None, html: Path | None,
+                   force: bool) -> None:
+    """Write the view's picture (:data:`llmcli.render.FIGURES`) to the files asked for."""
+    if svg is None and html is None:
+        return
+    from llmcli.render import FIGURES
+    from llmcli.render.pictures import save_pictures
+
+    save_pictures(FIGURES[kind](result, text), svg, html, force=force, note=_note)
 
 
 def _metadata(ctx: _Loaded, **extra: Any) -> dict[str, str]:
@@ -367,6 +399,9 @@ def topk_command(
     no_bos: NoBosOpt = False,
     special: SpecialOpt = False,
     json_out: JsonOpt = False,
+    save_svg: SaveSvgOpt = None,
+    save_html: SaveHtmlOpt = None,
+    force: PictureForceOpt = False,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "cpu",
     threads: ThreadsOpt = None,
@@ -379,13 +414,17 @@ def topk_command(
 
     JSON (--json): {"steps": [{"candidates": [{"rank", "id", "piece", "logit", "prob", "logprob",
     "cumulative"}], "chosen": {"id", "piece", "prob", ...}, "entropy_bits", "top_p_keep",
-    "min_p_keep", "kept"}], "tokens", ...}.
+    "min_p_keep", "kept"}], "tokens", "text" (the chosen tokens decoded, as generate prints
+    them), ...}. --save-svg/--save-html draw the bars of every step (and the generated text
+    coloured by probability) as a picture.
 
     Examples:
 
         llmcli topk "ROMEO:" -k 8
 
         llmcli topk "To be, or not to" --steps 5 --temp 0.8 -s 42
+
+        llmcli topk "ROMEO:" --steps 3 --save-html topk.html
     """
     from llmcli.sampling import SamplingParams
 
@@ -395,6 +434,7 @@ def topk_command(
     SamplingParams(temperature=temp, top_k=0, top_p=top_p, min_p=min_p, seed=seed).validate()
     if steps < 1:
         raise UsageError(f"--steps: must be at least 1, got {steps}")
+    _check_pictures(save_svg, save_html, force)
     ctx = _prepare(text, model, dtype, threads, no_bos, special)
     check_range("-k", k, 1, ctx.config.vocab_size)
     context = ctx.config.max_position_embeddings
@@ -407,6 +447,7 @@ def topk_command(
     result = topk_report(ctx.model, ctx.tokenizer, ctx.ids, k, temperature=temp, top_p=top_p,
                          min_p=min_p, steps=steps, seed=seed,
                          eos_ids=ctx.tokenizer.eos_ids)
+    _save_pictures("topk", result, ctx.text, save_svg, save_html, force)
     _emit("topk", result, json_out)
 
 
@@ -456,6 +497,9 @@ def trace_command(
     no_bos: NoBosOpt = False,
     special: SpecialOpt = False,
     json_out: JsonOpt = False,
+    save_svg: SaveSvgOpt = None,
+    save_html: SaveHtmlOpt = None,
+    force: PictureForceOpt = False,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "cpu",
     threads: ThreadsOpt = None,
@@ -469,18 +513,25 @@ def trace_command(
 
     JSON (--json): {"tokens", "embedding_norms", "layers": [{"layer", "residual_norm", "heads":
     [{"head", "position", "id", "piece", "weight"}], "lens": [...]}], "logits": {"stats", "top"},
-    "top", "entropy_bits", "chosen", "attention": {"layer", "head", "weights"} | null}.
+    "top", "entropy_bits", "chosen", "attention": {"layer", "head", "weights"} | null}, and
+    with a picture asked for "lens_grid": {"first_position", "layers": [{"layer", "name",
+    "positions": [[{"id", "piece", "prob"}]]}]} (the logit lens at every position).
+    --save-svg/--save-html draw the logit lens grid (blocks × positions, the top token and its
+    probability), the --attention heat map and the softmax bars as a picture.
 
     Examples:
 
         llmcli trace "ROMEO:"
 
         llmcli trace "To be, or not to be" --attention 2 --head 1
+
+        llmcli trace "ROMEO:" --attention 1 --save-svg trace.svg
     """
     if not 0 < temp < float("inf"):
         raise UsageError(f"--temp: must be a finite number > 0, got {temp}")
     if head is not None and attention is None:
         raise UsageError("--head: needs --attention L (the block whose heads to draw)")
+    _check_pictures(save_svg, save_html, force)
     ctx = _prepare(text, model, dtype, threads, no_bos, special)
     n, h = ctx.config.num_hidden_layers, ctx.config.num_attention_heads
     check_range("-k", k, 1, ctx.config.vocab_size)
@@ -493,7 +544,9 @@ def trace_command(
     from llmcli.inspection.tensors import trace_report
 
     result = trace_report(ctx.model, ctx.tokenizer, ctx.ids, k=k, temperature=temp,
-                          attention_layer=attention, head=head)
+                          attention_layer=attention, head=head,
+                          with_lens_grid=save_svg is not None or save_html is not None)
+    _save_pictures("trace", result, ctx.text, save_svg, save_html, force)
     _emit("trace", result, json_out)
 
 

@@ -30,6 +30,8 @@ from llmcli.sampling import (Sampler, SamplingParams, apply_min_p, apply_tempera
 POSITION_NOTE = ROPE_POSITION_NOTE
 
 _LN2 = math.log(2.0)
+#: Most positions in a logit-lens grid (the last ones), as the attention heat map draws.
+LENS_GRID_MAX = 40
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -417,6 +419,8 @@ class TraceResult:
     position_note: str = POSITION_NOTE
     #: what the family computes and its module names (llmcli.config.Architecture.to_dict())
     architecture: dict = field(default_factory=dict)
+    #: the logit lens at every position (:func:`lens_grid`), when asked for (pictures)
+    lens_grid: dict | None = None
 
     def to_dict(self) -> dict:
         return {"tokens": self.tokens, "embedding_norms": self.embedding_norms,
@@ -425,7 +429,8 @@ class TraceResult:
                 "final_norm": self.final_norm,
                 "logits": {"stats": self.stats, "top": self.top_logits},
                 "top": self.candidates, "entropy_bits": self.entropy_bits,
-                "chosen": self.chosen, "attention": self.attention}
+                "chosen": self.chosen, "attention": self.attention,
+                **({"lens_grid": self.lens_grid} if self.lens_grid is not None else {})}
 
 
 def logit_lens(model, residual: torch.Tensor) -> torch.Tensor:
@@ -441,13 +446,42 @@ def attention_map(capture: Capture, layer: int, head: int | None = None) -> torc
     return w[head] if head is not None else w.mean(dim=0)
 
 
+def lens_grid(model, tokenizer, capture: Capture, temperature: float = 1.0, top: int = 3,
+              most: int = LENS_GRID_MAX) -> dict:
+    """The logit lens at every position and block: for the last ``most`` positions, block i's
+    residual stream through the final norm and the output layer, softmax(· / temperature),
+    its ``top`` tokens.
+
+    Returns ``{"first_position": P, "layers": [{"layer", "name", "positions": [[{"id",
+    "piece", "prob"}] × top] × (T - P)}]}``; the last block's row is the model's own
+    prediction at each position (pre-norm families: hidden_states[N] = final_norm(residual)).
+    """
+    arch = model.architecture
+    T = capture.residuals[0].shape[1]
+    start = max(0, T - most)
+    rows = []
+    with torch.inference_mode():
+        for i, residual in enumerate(capture.residuals):
+            logits = model.unembed(model.final_norm(residual[0, start:])).double()    # (T-P, V)
+            logp = torch.log_softmax(apply_temperature(logits, temperature), dim=-1)
+            values, idx = torch.topk(logp, min(top, logp.shape[-1]), dim=-1)         # (T-P, top)
+            rows.append({"layer": i, "name": f"{arch.layers}.{i}",
+                         "positions": [[{"id": int(t), "piece": piece_of(tokenizer, int(t)),
+                                         "prob": math.exp(float(v))}
+                                        for t, v in zip(ti, vi)]
+                                       for ti, vi in zip(idx.tolist(), values.tolist())]})
+    return {"first_position": start, "layers": rows}
+
+
 def trace_report(model, tokenizer, ids: list[int], k: int = 5, temperature: float = 1.0,
-                 attention_layer: int | None = None, head: int | None = None) -> TraceResult:
+                 attention_layer: int | None = None, head: int | None = None,
+                 with_lens_grid: bool = False) -> TraceResult:
     """Run ``ids`` once with every capture on and collect each stage for the last position.
 
     Per block: the residual-stream norm, the norms of the attention and MLP outputs added to
     it (``attn_norm``, ``mlp_norm``, last position), each head's most-attended position, and
-    the logit lens."""
+    the logit lens; with ``with_lens_grid`` also the logit lens at every position
+    (:func:`lens_grid`, for the pictures)."""
     arch = model.architecture
     logits, cap = forward(model, ids, attentions=True)
     last = logits[-1]                                                            # (V,)
@@ -486,4 +520,5 @@ def trace_report(model, tokenizer, ids: list[int], k: int = 5, temperature: floa
                        stats=logit_stats(last), top_logits=_ranked(tokenizer, last, k),
                        candidates=cands, entropy_bits=entropy_bits(probs), chosen=chosen,
                        attention=attention, position_note=arch.position_note,
-                       architecture=arch.to_dict())
+                       architecture=arch.to_dict(),
+                       lens_grid=lens_grid(model, tokenizer, cap, temperature) if with_lens_grid else None)

@@ -1051,6 +1051,103 @@ def logprobs_rich(events: list[dict], con) -> None:
     con.print(t)
 
 
+# ----------------------------------------------------------------------------- pictures
+def _bars_of(cands: list[dict], chosen_id: int | None = None, marks: dict[int, list[str]] | None = None,
+             logit: bool = True):
+    """A candidates table as a :class:`llmcli.render.pictures.BarsPanel` (the terminal's columns)."""
+    from llmcli.render import pictures as P
+
+    rows, lead = [], []
+    for c in cands:
+        numbers = ([f"{c['logit']:.4f}"] if logit else []) + [
+            f"{c['prob']:.4f}", f"{c['logprob']:.4f}", f"{c['cumulative']:.4f}"]
+        label = (marks or {}).get(c["rank"])
+        rows.append(P.BarRow(visible(c["piece"]), c["prob"], numbers,
+                             highlight=chosen_id is not None and c["id"] == chosen_id,
+                             mark_after=" · ".join(label) if label else None,
+                             tooltip=f"id {c['id']} · p {c['prob']:.6f} · logprob {c['logprob']:.6f}"))
+        lead.append([str(c["rank"] + 1), str(c["id"])])
+    return P.BarsPanel(rows, (["logit"] if logit else []) + ["prob", "logprob", "cum"],
+                       lead_headers=["#", "id"], lead=lead)
+
+
+def _figure_title(command: str, result, text: str | None) -> str:
+    shown = text if text is not None else "".join(t["piece"] for t in result.tokens)
+    return f"llmcli {command} · {clip(visible(shown), 72)}"
+
+
+def topk_figure(result, text: str | None = None):
+    """topk as a picture (``text``: the prompt, for the title): each step's probability bars (chosen row highlighted, the filters'
+    cuts marked) and, with several steps, the generated text coloured by each token's
+    probability."""
+    from llmcli.render import pictures as P
+
+    panels = []
+    for i, step in enumerate(result.steps):
+        panel = _bars_of(step.candidates, step.chosen.get("id"),
+                         _cut_marks(step, len(step.candidates), result.top_p, result.min_p))
+        panel.title = _step_title(result, i, step)
+        panels += [panel, P.NotePanel(_filters_line(result, step) + "\n" + _chosen_line(result, step))]
+    if len(result.steps) > 1 or result.stop_reason == "eos":
+        tokens = [P.StripToken(s.chosen["text"], s.chosen["prob"],
+                               f"{visible(s.chosen['piece'])} (id {s.chosen['id']}) p {s.chosen['prob']:.4f}")
+                  for s in result.steps]
+        panels.append(P.StripPanel(tokens, P.probability_scale("probability of the chosen token"),
+                                   title="generated" + (" (stopped at end-of-sequence)"
+                                                        if result.stop_reason == "eos" else "")))
+    return P.Figure(_figure_title("topk", result, text), panels)
+
+
+def trace_figure(result, text: str | None = None):
+    """trace as a picture (``text``: the prompt, for the title): the logit-lens grid (blocks × positions, each cell the top token
+    coloured by its probability), the attention heat map (with --attention) and the softmax
+    bars of the prediction."""
+    from llmcli.render import pictures as P
+
+    tokens = result.tokens
+    panels = []
+    grid = getattr(result, "lens_grid", None)
+    if grid:
+        start = grid["first_position"]
+        cols = [f"{t['position']} {visible(t['piece'])}" for t in tokens[start:]]
+        rows = grid["layers"]
+        panels.append(P.GridPanel(
+            values=[[cell[0]["prob"] for cell in L["positions"]] for L in rows],
+            row_labels=[L["name"] for L in rows], col_labels=cols,
+            texts=[[visible(cell[0]["piece"]) for cell in L["positions"]] for L in rows],
+            tooltips=[[f"{L['name']} after position {start + j} ({visible(tokens[start + j]['piece'])}): "
+                       + "  ".join(f"{visible(c['piece'])} {c['prob']:.3f}" for c in cell)
+                       for j, cell in enumerate(L["positions"])] for L in rows],
+            scale=P.probability_scale("probability of the top token"), row_header="block",
+            col_header="position (the token read); each cell: the logit lens's top next token",
+            title="logit lens: the next token each block's residual stream predicts"))
+        if start:
+            panels.append(P.NotePanel(f"positions {start}..{len(tokens) - 1} of {len(tokens)} shown"))
+    att = result.attention
+    if att is not None:
+        first, rows = heatmap_window(att["weights"])
+        peak = max((max(r[: i + 1]) for i, r in enumerate(rows)), default=1.0) or 1.0
+        labels = [f"{tokens[first + i]['position']} {visible(tokens[first + i]['piece'])}" for i in range(len(rows))]
+        who = f"head {att['head']}" if att["head"] is not None else "mean of all heads"
+        panels.append(P.GridPanel(
+            values=[[v if j <= i else None for j, v in enumerate(r)] for i, r in enumerate(rows)],
+            row_labels=labels, col_labels=labels,
+            tooltips=[[f"query {first + i} → key {first + j}: {v:.4f}" if j <= i else "masked (future)"
+                       for j, v in enumerate(r)] for i, r in enumerate(rows)],
+            scale=P.heat_scale(peak, "attention weight"), row_header="query", col_header="key",
+            title=f"attention of block {att['layer']} ({att.get('name', '')}), {who}"))
+    c = result.chosen
+    bars = _bars_of(result.candidates, c["id"], logit=False)
+    bars.title = f"softmax (entropy {result.entropy_bits:.3f} bits) after position {tokens[-1]['position']}"
+    panels += [bars, P.NotePanel(f"chosen ({c['rule']}): {visible(c['piece'])} (id {c['id']}, "
+                                 f"p {c['prob']:.4f}) → text {c['text']!r}")]
+    return P.Figure(_figure_title("trace", result, text), panels)
+
+
+#: Figure builders of the views that are pictures at heart (``--save-svg``/``--save-html``).
+FIGURES: dict[str, Callable] = {"topk": topk_figure, "trace": trace_figure}
+
+
 RICH: dict[str, Callable] = {"tokenize": tokenize_rich, "detokenize": detokenize_rich,
                              "embeddings": embeddings_rich, "logits": logits_rich, "topk": topk_rich,
                              "info": info_rich, "trace": trace_rich}

@@ -504,7 +504,9 @@ def _svg_grid(svg: _Svg, p: GridPanel, y: float) -> float:
     # column labels: rotated when cells are narrow, horizontal otherwise
     head_cells = max((cells(s) for s in col_labels), default=0)
     rotate = head_cells * CELL_PX > cw - 2
-    head_h = (head_cells * CELL_PX * (0.75 if rotate else 0) + LINE_PX) if rotate else LINE_PX
+    # narrow cells: labels upright (-90°), one per column; wider ones at -45°
+    angle = -90 if cw < 2 * LINE_PX else -45
+    head_h = (head_cells * CELL_PX * (1.0 if angle == -90 else 0.75) + 12) if rotate else LINE_PX
     if p.col_header:
         svg.text(x0, y + 14, picture_text(p.col_header), cls="muted")
         y += LINE_PX
@@ -512,8 +514,9 @@ def _svg_grid(svg: _Svg, p: GridPanel, y: float) -> float:
     for j, lab in enumerate(col_labels):
         cx = x0 + j * cw + cw / 2
         if rotate:
-            svg.text(cx + 4, top - 4, lab, extra=f'transform="rotate(-45 {_num(cx + 4)} {_num(top - 4)})" '
-                                                'xml:space="preserve"')
+            ax = cx + 4 if angle == -90 else cx
+            svg.text(ax, top - 4, lab, extra=f'transform="rotate({angle} {_num(ax)} {_num(top - 4)})" '
+                                             'xml:space="preserve"')
         else:
             svg.text(cx, top - 5, lab, anchor="middle", extra='xml:space="preserve"')
     if p.row_header:
