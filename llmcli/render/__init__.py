@@ -473,13 +473,15 @@ def embeddings_rich(result, con, dims: int | None = None) -> None:
     for start in range(0, shown, per_table):
         stop = min(shown, start + per_table)
         cols = lead + [Col(f"d{j}", right=True) for j in range(start, stop)]
-        rows, styles = [], []
+        rows = []
         for r, base in enumerate(lead_cells):
             rows.append(base + [Text(x, style="cyan" if not x.startswith("-") else "magenta")
                                 for x in numbers[r][start:stop]])
+        # with component rows, a blank line after each token's "= sum"
+        gaps = {r: [Text("")] for r, meta in enumerate(rows_meta[:-1]) if meta[4]}
         if start:
             con.print()
-        print_lines(con, fit_table(cols, rows, width))
+        print_lines(con, fit_table(cols, rows, width, after=gaps))
     if shown < total:
         con.print(f"[dim]d0..d{shown - 1} of {total} values shown "
                   f"({'--dims N for more; ' if dims is None else ''}--json has them all)[/]",

@@ -577,6 +577,8 @@ tr.mark td{{color:{MUTED};border-top:1px dashed {MUTED};font-size:{FONT_PX - 1}p
 table.grid td{{padding:0;text-align:center;min-width:18px;height:18px}}
 table.grid td.rl{{text-align:left;padding-right:8px}}
 table.grid th{{border:none;font-weight:normal;padding:0 2px;vertical-align:bottom}}
+table.grid th.col{{writing-mode:vertical-rl;transform:rotate(180deg);white-space:pre;text-align:left;
+  padding:2px 0}}
 .legend span.sw{{display:inline-block;width:14px;height:14px;vertical-align:middle;
   border:0.5px solid #8c959f;margin:0 4px 0 10px}}
 """.strip()
@@ -642,7 +644,8 @@ def _html_bars(p: BarsPanel) -> str:
 def _html_grid(p: GridPanel) -> str:
     cols = max((len(r) for r in p.values), default=0)
     head = f"<th>{_esc(picture_text(p.row_header))}</th>" + "".join(
-        f"<th{_attr_title(p.col_labels[j])}>{_esc(_clip(picture_text(p.col_labels[j]), MAX_LABEL_CELLS))}</th>"
+        f'<th class="col"{_attr_title(p.col_labels[j])}>'
+        f"{_esc(_clip(picture_text(p.col_labels[j]), MAX_LABEL_CELLS))}</th>"
         for j in range(min(cols, len(p.col_labels))))
     body = []
     for i, row in enumerate(p.values):
