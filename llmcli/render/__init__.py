@@ -339,6 +339,13 @@ def column_chunks(fixed: int, cell: int, n: int, width: int, least: int = 1) -> 
     return max(least, min(n, (width - fixed + GAP) // (cell + GAP)))
 
 
+def balanced(n: int, per: int) -> int:
+    """Columns per table when ``n`` columns go into tables of at most ``per``: as even as the
+    number of tables allows (9 in tables of 4 → 3, 3, 3 rather than 4, 4, 1)."""
+    tables = -(-n // max(1, per))
+    return -(-n // tables) if tables else per
+
+
 # ----------------------------------------------------------------------------- tokenize
 def _roundtrip_lines(result) -> list[str]:
     if result.roundtrip_ok:
@@ -470,6 +477,7 @@ def embeddings_rich(result, con, dims: int | None = None) -> None:
     fixed = sum(fit_widths(lead, lead_cells, width)) + GAP * len(lead)
     per_table = column_chunks(fixed, cell, want, width)
     shown = per_table if dims is None else want
+    per_table = balanced(shown, per_table)
     for start in range(0, shown, per_table):
         stop = min(shown, start + per_table)
         cols = lead + [Col(f"d{j}", right=True) for j in range(start, stop)]
@@ -952,7 +960,7 @@ def _heads_grid(result, width: int) -> list:
              for L in layers]
     cell = max([text_width(f"h{n_heads - 1}")] + [text_width(c) for row in cells for c in row])
     block_w = max(text_width("block"), max((len(str(L["layer"])) for L in layers), default=1))
-    per = column_chunks(block_w + GAP, cell, n_heads, width)
+    per = balanced(n_heads, column_chunks(block_w + GAP, cell, n_heads, width))
     lines = []
     for start in range(0, n_heads, per):
         stop = min(n_heads, start + per)
