@@ -79,6 +79,10 @@ def relayout_linears(model) -> None:
     if model.config.family in SERVED:
         for layer in model.model.layers:
             a, m = layer.self_attn, layer.mlp
+            if getattr(model, "quantization", None):    # QuantLinear modules (llmcli.quant)
+                a.qkv_weight, a.qkv_bias = _fuse_quant([a.q_proj, a.k_proj, a.v_proj]), None
+                m.gate_up_weight, m.gate_up_bias = _fuse_quant([m.gate_proj, m.up_proj]), None
+                continue
             a.qkv_weight, a.qkv_bias = fuse([a.q_proj, a.k_proj, a.v_proj])
             m.gate_up_weight, m.gate_up_bias = fuse([m.gate_proj, m.up_proj])
     for module in model.modules():
@@ -87,6 +91,45 @@ def relayout_linears(model) -> None:
             module.weight = _relayout(module.weight)
     if tied:
         embed_module.weight = tied[0].weight
+
+
+def _fuse_quant(linears):
+    """The fused matrix of quantized ``linears`` (:func:`llmcli.quant.fuse`: one kernel
+    call, parts become views, bias included), or, when they cannot share packed rows or some
+    are float, a :class:`_Concat` of them. Either has ``mm(x)`` (B, in) → (B, Σout) with the
+    biases added."""
+    from llmcli.quant import QuantLinear, fuse as fuse_quant
+
+    fused = fuse_quant(linears) if all(isinstance(m, QuantLinear) for m in linears) else None
+    return _Biased(fused) if fused is not None else _Concat(linears)
+
+
+class _Biased:
+    """A linear module seen by the decoder as ``mm(x)`` = ``x @ Wᵀ + b`` on (B, in) rows."""
+
+    def __init__(self, module) -> None:
+        self.module = module
+
+    def mm(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.module
+        out = m.mm(x) if hasattr(m, "mm") else F.linear(x, m.weight)
+        return out if m.bias is None else out.add_(m.bias)
+
+
+class _Concat:
+    """Linear modules applied to the same rows, outputs concatenated: ``mm(x)`` (B, Σout)."""
+
+    def __init__(self, modules) -> None:
+        self.parts = [_Biased(m) for m in modules]
+
+    def mm(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([p.mm(x) for p in self.parts], dim=-1)
+
+
+def _operand(module):
+    """What :func:`_matmul` takes for a linear ``module``: its (in, out) matrix (a view of
+    the fast layout), or a :class:`_Biased` wrapper when it is quantized."""
+    return _Biased(module) if hasattr(module, "mm") else module.weight.data.t()
 
 
 # ----------------------------------------------------------------------------- decoder
@@ -124,7 +167,11 @@ class _Layer(NamedTuple):
 def _matmul(x: torch.Tensor, w_t: torch.Tensor, bias: torch.Tensor | None = None,
             residual: torch.Tensor | None = None) -> torch.Tensor:
     """``residual + x @ w_t + bias`` for 2-D ``x`` (B, in) and ``w_t`` (in, out), in as few
-    operations as possible (``addmm`` adds the residual inside the matrix multiply)."""
+    operations as possible (``addmm`` adds the residual inside the matrix multiply). A
+    quantized ``w_t`` (an object with ``mm``, bias included) is called instead."""
+    if not isinstance(w_t, torch.Tensor):
+        out = w_t.mm(x)
+        return out if residual is None else out.add_(residual)
     if residual is None:
         return torch.mm(x, w_t) if bias is None else torch.addmm(bias, x, w_t)
     out = torch.addmm(residual, x, w_t)
@@ -133,6 +180,17 @@ def _matmul(x: torch.Tensor, w_t: torch.Tensor, bias: torch.Tensor | None = None
 
 def _data(p):
     return None if p is None else p.data
+
+
+def _t(w):
+    """A fused float matrix's (in, out) view, or a quantized one as it is."""
+    return w.t() if isinstance(w, torch.Tensor) else w
+
+
+def _bias(module):
+    """A float module's bias (added by :func:`_matmul`); None for a quantized one, whose
+    ``mm`` adds it."""
+    return None if hasattr(module, "mm") else _data(module.bias)
 
 
 class LlamaStyleDecoder:
@@ -156,15 +214,26 @@ class LlamaStyleDecoder:
             n1, n2 = layer.input_layernorm, layer.post_attention_layernorm
             q_norm, k_norm = getattr(a, "q_norm", None), getattr(a, "k_norm", None)
             self.layers.append(_Layer(
-                n1.weight.data, n1.eps, a.qkv_weight.t(), a.qkv_bias,
+                n1.weight.data, n1.eps, _t(a.qkv_weight), a.qkv_bias,
                 _data(getattr(q_norm, "weight", None)), _data(getattr(k_norm, "weight", None)),
                 q_norm.eps if q_norm is not None else 0.0,
-                getattr(a, "sliding_window", None), a.o_proj.weight.data.t(), _data(a.o_proj.bias),
-                n2.weight.data, n2.eps, m.gate_up_weight.t(), m.gate_up_bias,
-                m.down_proj.weight.data.t(), _data(m.down_proj.bias)))
+                getattr(a, "sliding_window", None), _operand(a.o_proj), _bias(a.o_proj),
+                n2.weight.data, n2.eps, _t(m.gate_up_weight), m.gate_up_bias,
+                _operand(m.down_proj), _bias(m.down_proj)))
         self.embed = model.input_embeddings().data
-        self.lm_head_t = model.lm_head.weight.data.t()
+        self.lm_head_t = _operand(model.lm_head)
         self.final_norm_weight, self.final_norm_eps = model.model.norm.weight.data, model.model.norm.eps
+
+    def rope_rows(self, cache) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE's tables for one cache, made on its first step: every position's cos and
+        signed sin (:func:`signed_sin`) ``(L, 2, 1, 1, Dh)``, and the (2, H+2K, 1, Dh) rows a
+        step multiplies its q, k and v heads by (each step writes its position's values into
+        the q and k rows; the v rows stay cos 1, sin 0)."""
+        H, K, Dh = self.heads
+        table = torch.stack((cache.cos, signed_sin(cache.sin)), dim=1)[:, :, None, None]
+        rows = torch.zeros(2, H + 2 * K, 1, Dh, dtype=table.dtype, device=table.device)
+        rows[0, H + K:] = 1
+        return table, rows
 
     def __call__(self, input_ids: torch.Tensor, cache) -> torch.Tensor:
         B = input_ids.shape[0]
@@ -172,26 +241,27 @@ class LlamaStyleDecoder:
         if pos + 1 > cache.max_len:
             raise ValueError(f"KV cache holds {cache.max_len} positions; {pos + 1} needed")
         H, K, Dh = self.heads
-        sin_signed = getattr(cache, "sin_signed", None)
-        if sin_signed is None:
-            sin_signed = cache.sin_signed = signed_sin(cache.sin)                  # (L, Dh)
-        cos, sin = cache.cos[pos], sin_signed[pos]                                 # (Dh,) each
+        tables = getattr(cache, "rope_rows", None)
+        if tables is None:
+            tables = cache.rope_rows = self.rope_rows(cache)
+        cos_sin, rows = tables                              # (L, 2, 1, 1, Dh), (2, H+2K, 1, Dh)
+        rows[:, :H + K].copy_(cos_sin[pos])                 # this position's cos, signed sin
+        cos, sin = rows[0], rows[1]                         # (H+2K, 1, Dh) each
         x = F.embedding(input_ids[:, 0], self.embed)                               # (B, D)
         for i, layer in enumerate(self.layers):
             qkv = _matmul(rms_norm(x, layer.norm1_weight, layer.norm1_eps), layer.qkv_t,
-                          layer.qkv_bias)                                          # (B, (H+2K)·Dh)
-            qk = qkv[:, :(H + K) * Dh].view(B, H + K, Dh)                           # (B, H+K, Dh)
+                          layer.qkv_bias).view(B, H + 2 * K, 1, Dh)                # (B, H+2K, 1, Dh)
             if layer.q_norm_weight is not None:                                    # Qwen3
-                qk = torch.cat((rms_norm(qk[:, :H], layer.q_norm_weight, layer.qk_norm_eps),
-                                rms_norm(qk[:, H:], layer.k_norm_weight, layer.qk_norm_eps)), dim=1)
-            qk = qk * cos + qk.roll(Dh // 2, dims=-1) * sin                         # RoPE, q and k
-            k_cache, v_cache = cache.k[i], cache.v[i]                               # (B, K, L, Dh)
-            k_cache.select(2, pos).copy_(qk[:, H:])
-            v_cache.select(2, pos).copy_(qkv[:, (H + K) * Dh:].view(B, K, Dh))
+                qkv = torch.cat((rms_norm(qkv[:, :H], layer.q_norm_weight, layer.qk_norm_eps),
+                                 rms_norm(qkv[:, H:H + K], layer.k_norm_weight, layer.qk_norm_eps),
+                                 qkv[:, H + K:]), dim=1)
+            # RoPE on q and k; the value rows have cos 1 and sin 0, so they pass unchanged
+            qkv = torch.addcmul(qkv * cos, qkv.roll(Dh // 2, dims=-1), sin)
+            kv_cache = cache.kv[i]                                                  # (B, 2K, L, Dh)
+            kv_cache.narrow(2, pos, 1).copy_(qkv[:, H:])                            # k and v at once
             first = 0 if layer.window is None else max(0, pos + 1 - layer.window)
-            keys = k_cache.narrow(2, first, pos + 1 - first)                        # (B, K, S, Dh)
-            values = v_cache.narrow(2, first, pos + 1 - first)
-            q = qk[:, :H].unsqueeze(2)                                              # (B, H, 1, Dh)
+            kv = kv_cache.narrow(2, first, pos + 1 - first)                         # (B, 2K, S, Dh)
+            q, keys, values = qkv[:, :H], kv[:, :K], kv[:, K:]                      # (B, H, 1, Dh)...
             if K == H:
                 out = F.scaled_dot_product_attention(q, keys, values)
             elif SDPA_GQA:
@@ -199,10 +269,10 @@ class LlamaStyleDecoder:
             else:
                 out = F.scaled_dot_product_attention(
                     q, keys.repeat_interleave(H // K, dim=1), values.repeat_interleave(H // K, dim=1))
-            x = _matmul(out.reshape(B, H * Dh), layer.o_t, layer.o_bias, x)              # (B, D)
+            x = _matmul(out.view(B, H * Dh), layer.o_t, layer.o_bias, x)                 # (B, D)
             gate, up = _matmul(rms_norm(x, layer.norm2_weight, layer.norm2_eps), layer.gate_up_t,
                                layer.gate_up_bias).chunk(2, dim=-1)                  # (B, F) ×2
             x = _matmul(F.silu(gate) * up, layer.down_t, layer.down_bias, x)             # (B, D)
         cache.length = pos + 1
-        logits = torch.mm(rms_norm(x, self.final_norm_weight, self.final_norm_eps), self.lm_head_t)
+        logits = _matmul(rms_norm(x, self.final_norm_weight, self.final_norm_eps), self.lm_head_t)
         return logits.unsqueeze(1)                                                 # (B, 1, V)

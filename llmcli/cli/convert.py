@@ -29,6 +29,10 @@ def convert_command(
     dtype: Annotated[str, typer.Option(
         "--dtype", help="Weights dtype: auto|float32|float16|bfloat16 (auto = the source's; float32 "
                         "for quantized GGUF).")] = "auto",
+    quant: Annotated[str, typer.Option(
+        "--quant", help="none: every tensor as float (--dtype); keep: a GGUF's Q8_0, Q4_0 and "
+                        "Q4_1 matrices kept as blocks (llmcli computes with them; transformers "
+                        "cannot load the result).")] = "none",
     force: Annotated[bool, typer.Option(
         "--force", help="Replace OUT_DIR if it is a model directory (only files llmcli writes); "
                         "a directory holding other files is never replaced.")] = False,
@@ -45,6 +49,8 @@ def convert_command(
         llmcli convert stories260K.gguf stories260K-gguf
 
         llmcli convert SmolLM2-135M-Instruct.Q4_1.gguf smol
+
+        llmcli convert SmolLM2-135M-Instruct.Q4_1.gguf smol-q4 --quant keep
     """
     from llmcli.cli.common import set_threads, stderr_console
     from llmcli.convert import convert
@@ -55,7 +61,7 @@ def convert_command(
     command = "llmcli " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     try:
         result = convert(src, out_dir, source_format=source_format, tokenizer=tokenizer, dtype=dtype,
-                         force=force, command=command, on_progress=progress)
+                         force=force, command=command, on_progress=progress, quant=quant)
     finally:
         progress.close()
     console.print(f"converted {src} ({result.format}) → {result.out_dir}: {result.num_tensors} tensors, "

@@ -125,14 +125,16 @@ def sha256_file(path: Path, on_progress: Progress | None = None) -> str:
 
 def convert(src: Path | str, out_dir: Path | str, *, source_format: str | None = None,
             tokenizer: Path | str | None = None, dtype: str = "auto", force: bool = False,
-            command: str | None = None, on_progress: Progress | None = None) -> ConvertResult:
+            command: str | None = None, on_progress: Progress | None = None,
+            quant: str = "none") -> ConvertResult:
     """Convert ``src`` (llama2.c ``.bin`` or ``.gguf``) into the HF model directory ``out_dir``.
 
     ``tokenizer``: a sentencepiece ``.model`` copied as is (required for llama2.c, whose
     files carry no vocabulary; for GGUF it replaces the embedded vocabulary). ``dtype``:
     ``auto`` (the source's: see the readers) or float32/float16/bfloat16. ``command`` is
     recorded in README.md. ``on_progress(phase, done, total)`` reports bytes per phase
-    (``"hashing"``, ``"converting"``).
+    (``"hashing"``, ``"converting"``). ``quant``: ``none`` (every tensor as float) or ``keep``
+    (a GGUF's Q8_0/Q4_0/Q4_1 matrices kept as blocks, :mod:`llmcli.quant`; other types refused).
 
     Raises:
         LLMCLIError: missing/unreadable source, bad or unsupported input (see
@@ -150,6 +152,8 @@ def convert(src: Path | str, out_dir: Path | str, *, source_format: str | None =
     src, out_dir = Path(src), Path(out_dir)
     if dtype not in OUTPUT_DTYPES:
         raise UsageError(f"--dtype: {dtype!r} is not one of {', '.join(OUTPUT_DTYPES)}")
+    if quant not in ("none", "keep"):
+        raise UsageError(f"--quant: {quant!r} is not one of none, keep")
     if not src.exists():
         raise LLMCLIError(f"{src}: no such file")
     if not src.is_file():
@@ -164,8 +168,11 @@ def convert(src: Path | str, out_dir: Path | str, *, source_format: str | None =
         if fmt == "gguf":
             from llmcli.convert.gguf_reader import read_gguf
 
-            ckpt = read_gguf(src, build_tokenizer=tok_data is None)
+            ckpt = read_gguf(src, build_tokenizer=tok_data is None, keep_quant=quant == "keep")
         else:
+            if quant == "keep":
+                raise UsageError(f"--quant keep: {src} is a llama2.c checkpoint (float); only "
+                                 "GGUF files hold quantized blocks to keep")
             from llmcli.convert.llama2c import read_llama2c
 
             ckpt = read_llama2c(src)
@@ -190,13 +197,21 @@ def convert(src: Path | str, out_dir: Path | str, *, source_format: str | None =
 
     if ckpt.config is not None:
         shapes = expected_shapes(ckpt.config)
+        from llmcli.quant import BLOCK, stored_shape
+        parts = set()
         for name, shape in shapes.items():
             if name not in ckpt.tensors:
                 raise LLMCLIError(f"{src}: tensor {name} {list(shape)} is missing")
-            if ckpt.tensors[name].shape != shape:
-                raise LLMCLIError(f"{src}: tensor for {name} has shape {list(ckpt.tensors[name].shape)}, "
+            got = ckpt.tensors[name].shape
+            if name in ckpt.quantized:   # stored form: compare the matrix it holds
+                sub = {k: v for k, v in stored_shape(ckpt.quantized[name], (shape[0], shape[-1])).items()}
+                ok = len(shape) == 2 and shape[1] % BLOCK == 0 and got == sub[""]
+                parts |= {name + sfx for sfx in sub if sfx}
+                got = shape if ok else got
+            if got != shape:
+                raise LLMCLIError(f"{src}: tensor for {name} has shape {list(got)}, "
                                   f"expected {list(shape)} from the metadata")
-        extra = sorted(set(ckpt.tensors) - set(shapes))
+        extra = sorted(set(ckpt.tensors) - set(shapes) - parts)
         if extra:
             raise LLMCLIError(f"{src}: unexpected tensor(s) {', '.join(extra)}")
 
@@ -212,11 +227,16 @@ def convert(src: Path | str, out_dir: Path | str, *, source_format: str | None =
     write_model_dir(ckpt, out_dir, dtype=out_dtype, tokenizer_files=tok_files, readme=readme,
                     force=force, on_progress=on_progress, inputs=[src], metadata=metadata)
     n_params = 0
-    for t in ckpt.tensors.values():
+    for name, t in ckpt.tensors.items():
+        if t.dtype == "float16" and name.rsplit("_", 1)[0] in ckpt.quantized:
+            continue   # a quantized matrix's scales or minimums
         n = 1
         for d in t.shape:
             n *= d
-        n_params += n
+        n_params += n * (2 if t.dtype == "uint8" else 1)   # two 4-bit integers per byte
+    if ckpt.quantized:
+        from llmcli.quant import summary
+        out_dtype = f"{out_dtype}, blocks kept: {summary(ckpt.quantized)}"
     return ConvertResult(out_dir, ckpt.format, out_dtype if ckpt.config is not None else "tokenizer only",
                          len(ckpt.tensors), n_params, notes)
 
@@ -278,9 +298,14 @@ def _readme(src: Path, out_dir: Path, ckpt: Checkpoint, digest: str, dtype: str,
                           "(in, out); ",
                   "gpt_neox": "query_key_value rows regrouped per head (llama.cpp stores all "
                               "queries, then all keys, then all values); "}.get(cfg.family, "")
+        loads = (f"with `llmcli` and with transformers' `{cfg.architectures[0]}.from_pretrained`"
+                 if not ckpt.quantized else
+                 f"with `llmcli` only: {len(ckpt.quantized)} matrices are kept quantized (their "
+                 "integers in `X.weight`, float16 `X.weight_scale`/`X.weight_min`; config.json's "
+                 "quantization_config, quant_method `llmcli`, names each one's scheme), which "
+                 "transformers refuses")
         lines.append(f"- {undone}Tensors were renamed to Hugging Face {type(cfg).title} names; the "
-                     f"result loads with `llmcli` and with transformers' "
-                     f"`{cfg.architectures[0]}.from_pretrained`.")
+                     f"result loads {loads}.")
     if ckpt.sources:
         lines += ["", "## Source tensors", "",
                   "Each tensor's name and type in the GGUF file (also in `model.safetensors`' "

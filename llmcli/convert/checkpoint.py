@@ -30,6 +30,9 @@ class LazyTensor:
     shape: tuple[int, ...]
     load: Callable[[], "torch.Tensor"]
     nbytes_source: int = 0
+    #: the stored dtype (``"int8"``, ``"uint8"``, ``"float16"``: quantized blocks, written as
+    #: they are); None: a float tensor written in the output dtype
+    dtype: str | None = None
 
 
 @dataclass
@@ -48,6 +51,8 @@ class Checkpoint:
         the file (GGUF: ``tokenizer.model`` or ``tokenizer.json``, and
         ``tokenizer_config.json``), or ``None`` when the file has none (llama2.c).
     notes: sentences for the output's README.md (what was read, assumed or changed).
+    quantized: HF matrix name → scheme (:mod:`llmcli.quant`) for matrices stored quantized;
+        their integers, ``_scale`` and ``_min`` tensors are in ``tensors`` (LazyTensor.dtype).
     sources: HF parameter name → where it came from in the source file (GGUF:
         ``{"gguf_name", "type", "shape", "bytes"}``, ``type`` being the ggml type such as
         ``"Q4_K"``); empty for llama2.c.
@@ -60,6 +65,8 @@ class Checkpoint:
     tokenizer_files: dict[str, bytes] | None = None
     notes: list[str] = field(default_factory=list)
     sources: dict[str, dict] = field(default_factory=dict)
+    #: HF name → llmcli.quant scheme of the matrices kept quantized (``convert --quant keep``)
+    quantized: dict[str, str] = field(default_factory=dict)
 
     @property
     def tokenizer_model(self) -> bytes | None:

@@ -96,7 +96,7 @@ def _scalar(part, kind) -> Any:
     return value
 
 
-def read_gguf(path: Path, build_tokenizer: bool = True) -> Checkpoint:
+def read_gguf(path: Path, build_tokenizer: bool = True, keep_quant: bool = False) -> Checkpoint:
     """Read a GGUF file → :class:`Checkpoint` (tensors lazily dequantised).
 
     A file with tensors must be of the ``llama`` architecture. Config from metadata:
@@ -118,6 +118,11 @@ def read_gguf(path: Path, build_tokenizer: bool = True) -> Checkpoint:
 
     ``--dtype auto`` for the result: float32, float16 or bfloat16 when every matrix has that
     type (F32, F16, BF16), else float32 (any quantized type, or mixed).
+
+    With ``keep_quant`` (``convert --quant keep``; ``llama`` architecture) the Q8_0, Q4_0 and
+    Q4_1 matrices are kept as they are, their blocks copied into llmcli's stored form
+    (:func:`llmcli.quant.from_ggml_blocks`; q/k rows permuted as whole rows of blocks, which
+    is exact), recorded in :attr:`Checkpoint.quantized`; other matrix types are refused.
 
     Raises:
         LLMCLIError: wrong magic, unsupported version, truncated or corrupt file, an
@@ -181,9 +186,13 @@ def read_gguf(path: Path, build_tokenizer: bool = True) -> Checkpoint:
     vocab = None
     if build_tokenizer and ("tokenizer.ggml.model" in meta or "tokenizer.ggml.tokens" in meta):
         vocab = _vocab(path, meta, notes, meta.get(f"{arch}.context_length"))
+    if keep_quant and arch != "llama":
+        raise LLMCLIError(f"{path}: --quant keep converts llama-architecture GGUFs only (this "
+                          f"one is {arch!r}); convert it without --quant keep (dequantized)")
+    quantized: dict[str, str] = {}
     if arch == "llama":
         config = _config(path, meta, reader, notes, vocab)
-        tensors, sources = _tensors(path, reader, config)
+        tensors, sources = _tensors(path, reader, config, quantized if keep_quant else None)
     else:   # qwen2, gpt2, gptneox: llmcli.convert.gguf_families
         config, tensors, sources = read_family(path, arch, meta, reader, notes, vocab, _loader)
     matrix_types = {types[t.name] for t in reader.tensors if len(t.shape) > 1}
@@ -192,12 +201,16 @@ def read_gguf(path: Path, build_tokenizer: bool = True) -> Checkpoint:
     counts: dict[str, int] = {}
     for ty in types.values():
         counts[ty] = counts.get(ty, 0) + 1
-    quantized = sorted(set(counts) - set(_EXACT_TYPES))
+    qtypes = sorted(set(counts) - set(_EXACT_TYPES))
+    how = ("kept as they are (llmcli's stored form of Q8_0/Q4_0/Q4_1 blocks, listed in "
+           "config.json's quantization_config)" if keep_quant
+           else "dequantized to float32 with gguf.quants.dequantize")
     notes.insert(0, "Tensor types in the file: " + ", ".join(f"{n} × {ty}" for ty, n in sorted(counts.items()))
-                 + (f" ({', '.join(quantized)} dequantized to float32 with gguf.quants.dequantize; "
-                    "README.md and model.safetensors' metadata list each tensor's type)" if quantized else "") + ".")
+                 + (f" ({', '.join(qtypes)} {how}; README.md and model.safetensors' metadata list "
+                    "each tensor's type)" if qtypes else "") + ".")
     return Checkpoint(config=config, tensors=tensors, format=fmt, default_dtype=default,
-                      tokenizer_files=vocab.files if vocab else None, notes=notes, sources=sources)
+                      tokenizer_files=vocab.files if vocab else None, notes=notes, sources=sources,
+                      quantized=quantized)
 
 
 def _vocab(path: Path, meta: dict[str, Any], notes: list[str], context: int | None):
@@ -309,8 +322,11 @@ def _config(path: Path, meta: dict[str, Any], reader, notes: list[str], vocab_fi
         raise LLMCLIError(f"{path}: GGUF metadata gives an invalid model: {exc}") from None
 
 
-def _tensors(path: Path, reader, config) -> tuple[dict[str, LazyTensor], dict[str, dict]]:
-    """HF name → LazyTensor, and HF name → ``{"gguf_name", "type", "shape"}`` (the source)."""
+def _tensors(path: Path, reader, config, quantized: dict[str, str] | None = None
+             ) -> tuple[dict[str, LazyTensor], dict[str, dict]]:
+    """HF name → LazyTensor, and HF name → ``{"gguf_name", "type", "shape"}`` (the source).
+    With ``quantized`` (a dict to fill: HF name → scheme), matrices are kept quantized
+    (:func:`_kept`)."""
     found: dict[str, LazyTensor] = {}
     sources: dict[str, dict] = {}
     for t in reader.tensors:
@@ -325,10 +341,48 @@ def _tensors(path: Path, reader, config) -> tuple[dict[str, LazyTensor], dict[st
             hf = f"model.layers.{int(m.group(1))}.{base}.weight"
         heads = {"q": config.num_attention_heads, "k": config.num_key_value_heads}.get(rope, 0)
         shape = tuple(int(d) for d in reversed(t.shape.tolist()))
-        found[hf] = LazyTensor(shape, _loader(path, t, heads), int(t.n_bytes))
+        if quantized is not None and len(shape) == 2:
+            found.update(_kept(path, t, hf, shape, heads, quantized))
+        else:
+            found[hf] = LazyTensor(shape, _loader(path, t, heads), int(t.n_bytes))
         sources[hf] = {"gguf_name": t.name, "type": t.tensor_type.name, "shape": list(shape),
                        "bytes": int(t.n_bytes)}
     return found, sources
+
+
+def _kept(path: Path, t, hf: str, shape: tuple[int, int], rope_heads: int,
+          quantized: dict[str, str]) -> dict[str, LazyTensor]:
+    """The stored-form tensors (:mod:`llmcli.quant`: ``hf`` = integers, ``hf_scale``,
+    ``hf_min``) of the Q8_0/Q4_0/Q4_1 matrix ``t``, each a LazyTensor with its storage dtype;
+    records ``quantized[hf]``. Raises LLMCLIError for any other matrix type."""
+    from llmcli import quant
+
+    kind = t.tensor_type.name
+    if kind not in quant.GGUF_TYPES:
+        raise LLMCLIError(f"{path}: tensor {t.name} is {kind}; --quant keep keeps "
+                          f"{', '.join(quant.GGUF_TYPES)} matrices only (convert without "
+                          "--quant keep to dequantize every type)")
+    scheme = quant.GGUF_TYPES[kind]
+    quantized[hf] = scheme
+
+    def blocks():
+        import numpy as np
+        import torch
+
+        qt = quant.from_ggml_blocks(np.array(t.data, dtype=np.uint8), scheme, shape)
+        if rope_heads:   # the row order interleaved_to_half gives, applied to rows of blocks
+            order = interleaved_to_half(torch.arange(shape[0]).view(-1, 1), rope_heads).view(-1)
+            qt = qt.rows(order)
+        if not (torch.isfinite(qt.scale).all() and (qt.min is None or torch.isfinite(qt.min).all())):
+            raise LLMCLIError(f"{path}: tensor {t.name} ({kind}) has non-finite scales (corrupt)")
+        return qt
+
+    parts = quant.stored_shape(scheme, shape)
+    dtypes = {"": "int8" if scheme == "q8_0" else "uint8", "_scale": "float16", "_min": "float16"}
+    attr = {"": "codes", "_scale": "scale", "_min": "min"}
+    return {hf + sfx: LazyTensor(sub, (lambda a=attr[sfx]: getattr(blocks(), a)),
+                                 int(t.n_bytes) if sfx == "" else 0, dtype=dtypes[sfx])
+            for sfx, sub in parts.items()}
 
 
 def _loader(path: Path, t, rope_heads: int):

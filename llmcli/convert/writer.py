@@ -16,7 +16,8 @@ from llmcli.convert.checkpoint import Checkpoint
 from llmcli.errors import LLMCLIError
 
 #: torch dtype name → safetensors dtype tag and bytes per element.
-_ST_DTYPES = {"float32": ("F32", 4), "float16": ("F16", 2), "bfloat16": ("BF16", 2)}
+_ST_DTYPES = {"float32": ("F32", 4), "float16": ("F16", 2), "bfloat16": ("BF16", 2),
+              "int8": ("I8", 1), "uint8": ("U8", 1)}   # the integers of quantized blocks
 
 Progress = Callable[[str, int, int], None]
 
@@ -40,6 +41,7 @@ def write_safetensors(path: Path, ckpt: Checkpoint, dtype: str,
         n = 1
         for d in lazy.shape:
             n *= d
+        tag, itemsize = _ST_DTYPES[lazy.dtype or dtype]   # lazy.dtype: stored as it is
         header[name] = {"dtype": tag, "shape": list(lazy.shape), "data_offsets": [offset, offset + n * itemsize]}
         offset += n * itemsize
     blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
@@ -53,8 +55,11 @@ def write_safetensors(path: Path, ckpt: Checkpoint, dtype: str,
             tensor = lazy.load()
             if tuple(tensor.shape) != lazy.shape:  # a reader bug, not a user error
                 raise AssertionError(f"{name}: loaded {tuple(tensor.shape)}, declared {lazy.shape}")
-            tensor = tensor.to(torch_dtype).contiguous()
-            if torch_dtype == torch.bfloat16:  # numpy has no bfloat16: write its bits
+            want = getattr(torch, lazy.dtype) if lazy.dtype else torch_dtype
+            if lazy.dtype and tensor.dtype != want:   # a reader bug, not a user error
+                raise AssertionError(f"{name}: loaded {tensor.dtype}, declared {lazy.dtype}")
+            tensor = tensor.to(want).contiguous()
+            if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16: write its bits
                 tensor = tensor.view(torch.int16)
             arr = tensor.numpy()
             if arr.dtype.byteorder == ">":  # pragma: no cover - big-endian hosts
@@ -93,6 +98,10 @@ def write_model_dir(ckpt: Checkpoint, out_dir: Path, *, dtype: str, tokenizer_fi
                 write_safetensors(tmp / "model.safetensors", ckpt, dtype, on_progress, metadata)
                 cfg = ckpt.config.to_dict()
                 cfg["torch_dtype"] = dtype
+                if ckpt.quantized:   # matrices kept quantized (llmcli.quant's stored form)
+                    from llmcli.quant import quantization_config
+
+                    cfg["quantization_config"] = quantization_config(ckpt.quantized)
                 (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
                 gen = {"bos_token_id": ckpt.config.bos_token_id}
                 eos = ckpt.config.eos_token_id
