@@ -12,6 +12,7 @@ import typer
 
 from llmcli.cli.common import (DeviceOpt, DtypeOpt, ModelOpt, ThreadsOpt, resolve_model_dir,
                                set_threads, stderr_console)
+from llmcli.cli.quant_option import QuantOpt
 from llmcli.cli.sampling_options import (MaxTokensOpt, MinPOpt, RepeatPenaltyOpt, SeedOpt,
                                          StatsOpt, StopOpt, TempOpt, TopKOpt, TopPOpt,
                                          sampling_params)
@@ -41,6 +42,7 @@ def chat_command(
     seed: SeedOpt = None,
     stop: StopOpt = None,
     dtype: DtypeOpt = "auto",
+    quant: QuantOpt = None,
     device: DeviceOpt = "cpu",
     threads: ThreadsOpt = None,
     stats: StatsOpt = False,

@@ -11,6 +11,7 @@ import typer
 
 from llmcli.cli.common import (DeviceOpt, DtypeOpt, ModelOpt, ThreadsOpt, read_prompt,
                                resolve_model_dir, set_threads, stderr_console)
+from llmcli.cli.quant_option import QuantOpt
 from llmcli.cli.sampling_options import (MaxTokensOpt, MinPOpt, RepeatPenaltyOpt, SeedOpt,
                                          StatsOpt, StopOpt, TempOpt, TopKOpt, TopPOpt,
                                          sampling_params)
@@ -32,6 +33,7 @@ def generate_command(
     seed: SeedOpt = None,
     stop: StopOpt = None,
     dtype: DtypeOpt = "auto",
+    quant: QuantOpt = None,
     device: DeviceOpt = "cpu",
     threads: ThreadsOpt = None,
     no_bos: Annotated[bool, typer.Option(
