@@ -15,6 +15,7 @@ import typer
 
 from llmcli.cli.common import (DeviceOpt, DtypeOpt, ModelOpt, ThreadsOpt, check_range, read_prompt,
                                resolve_model_dir)
+from llmcli.cli.quant_option import QuantOpt
 from llmcli.errors import LLMCLIError, UsageError
 
 TextArg = Annotated[Optional[str], typer.Argument(
@@ -287,6 +288,7 @@ def embeddings_command(
     special: SpecialOpt = False,
     json_out: JsonOpt = False,
     dtype: DtypeOpt = "auto",
+    quant: QuantOpt = None,
     device: DeviceOpt = "cpu",
     threads: ThreadsOpt = None,
 ) -> None:
@@ -346,6 +348,7 @@ def logits_command(
     special: SpecialOpt = False,
     json_out: JsonOpt = False,
     dtype: DtypeOpt = "auto",
+    quant: QuantOpt = None,
     device: DeviceOpt = "cpu",
     threads: ThreadsOpt = None,
 ) -> None:
@@ -403,6 +406,7 @@ def topk_command(
     save_html: SaveHtmlOpt = None,
     force: PictureForceOpt = False,
     dtype: DtypeOpt = "auto",
+    quant: QuantOpt = None,
     device: DeviceOpt = "cpu",
     threads: ThreadsOpt = None,
 ) -> None:
@@ -501,6 +505,7 @@ def trace_command(
     save_html: SaveHtmlOpt = None,
     force: PictureForceOpt = False,
     dtype: DtypeOpt = "auto",
+    quant: QuantOpt = None,
     device: DeviceOpt = "cpu",
     threads: ThreadsOpt = None,
 ) -> None:
