@@ -17,6 +17,7 @@ import typer
 
 from llmcli.cli.common import DeviceOpt, DtypeOpt, ModelOpt, ThreadsOpt, read_prompt
 from llmcli.cli.quant_option import QuantOpt
+from llmcli.cli.quant_option import QuantOpt
 from llmcli.errors import LLMCLIError, UsageError
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
@@ -169,6 +170,7 @@ def perplexity_command(
     json_out: JsonOpt = False,
     dtype: DtypeOpt = "auto",
     quant: QuantOpt = None,
+    quant: QuantOpt = None,
     device: DeviceOpt = "cpu",
     threads: ThreadsOpt = None,
 ) -> None:
@@ -276,6 +278,7 @@ def score_command(
     special: SpecialOpt = False,
     json_out: JsonOpt = False,
     dtype: DtypeOpt = "auto",
+    quant: QuantOpt = None,
     quant: QuantOpt = None,
     device: DeviceOpt = "cpu",
     threads: ThreadsOpt = None,
