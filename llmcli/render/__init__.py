@@ -4,6 +4,12 @@ Every command's result (see :mod:`llmcli.inspection`) is shown by :func:`emit` i
 modes (:func:`output_mode`): ``rich`` when stdout is a terminal (colours follow ``NO_COLOR``
 through rich), ``plain`` when piped, ``json`` with ``--json`` (one JSON document). Plain-text
 and JSON renderers never import rich; nothing here imports torch.
+
+Terminal views fit the console's width (:func:`fit_table`: each column its natural width, a
+bar column what is left, labels clipped only as a last resort; wide column sets split into
+several tables), so they read at 80 columns and use more when there is more. Views that are
+pictures at heart also have a :class:`llmcli.render.pictures.Figure` builder (:data:`FIGURES`)
+for ``--save-svg``/``--save-html``.
 """
 
 from __future__ import annotations
