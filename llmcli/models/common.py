@@ -326,7 +326,8 @@ def rope_tables(rotary: RotaryEmbedding, cache: "KVCache | None", start: int, T:
 class KVCache:
     """Keys and values of every layer, allocated once per generation.
 
-    ``k[layer]`` and ``v[layer]`` have shape ``(B, K, L, Dh)`` where L is ``max_len``;
+    ``k[layer]`` and ``v[layer]`` have shape ``(B, K, L, Dh)`` where L is ``max_len`` (views
+    of ``kv[layer]``, (B, 2K, L, Dh));
     positions ``[0, length)`` are filled. Memory: ``2 × layers × B × K × L × Dh × itemsize`` bytes.
     A sliding-window family keeps every position too and masks the old ones.
     ``cos`` and ``sin`` (L, R) are the RoPE tables of those positions when ``rotary`` is
@@ -336,9 +337,12 @@ class KVCache:
     def __init__(self, num_layers: int, batch: int, kv_heads: int, head_dim: int, max_len: int,
                  dtype: torch.dtype, device: torch.device | str = "cpu",
                  rotary: RotaryEmbedding | None = None) -> None:
-        shape = (batch, kv_heads, max_len, head_dim)
-        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        shape = (batch, 2 * kv_heads, max_len, head_dim)
+        #: per layer, keys then values in one tensor (B, 2K, L, Dh), so that the decoding
+        #: fast path stores a position's keys and values with one copy
+        self.kv = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.k = [kv[:, :kv_heads] for kv in self.kv]                              # (B, K, L, Dh)
+        self.v = [kv[:, kv_heads:] for kv in self.kv]
         self.max_len = max_len
         self.length = 0  # positions filled so far (advanced by the model after each forward)
         self.cos = self.sin = None
