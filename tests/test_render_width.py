@@ -14,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import io
 import json
+import math
 import os
 import re
 import select
@@ -248,3 +249,28 @@ def test_views_on_a_terminal(bundled, width):
     header = next(line for line in outputs[2].split("\n") if line.startswith("pos"))
     assert header == next(line for line in _render("embeddings", bundled["embeddings"], width)
                           if line.startswith("pos"))
+
+
+def test_generate_logprobs_listing_fits(bundled):
+    """generate --top-logprobs's listing on a terminal: alternatives continue on lines of
+    their own under their column instead of every cell being cut to '…'."""
+    from rich.console import Console
+
+    events = []
+    for step in bundled["topk"].steps:
+        c = step.chosen
+        events.append({"id": c["id"], "piece": c["piece"], "logprob": c["logprob"],
+                       "top_logprobs": [{"id": a["id"], "piece": a["piece"], "logprob": a["logprob"]}
+                                        for a in step.candidates[:8]]})
+    for width in WIDTHS:
+        buf = io.StringIO()
+        render.logprobs_rich(events, Console(file=buf, width=width, force_terminal=True,
+                                             color_system="truecolor"))
+        lines = ANSI.sub("", buf.getvalue()).split("\n")
+        _assert_fits(lines, width, "logprobs")
+        text = "\n".join(lines)
+        assert "…" not in text
+        for e in events:
+            assert f"{e['logprob']:.4f}" in text and f"{math.exp(e['logprob']):.4f}" in text
+            for a in e["top_logprobs"]:
+                assert f"{visible(a['piece'])} {a['logprob']:.3f}" in text, a

@@ -1051,20 +1051,33 @@ def logprobs_plain(events: list[dict]) -> str:
 
 
 def logprobs_rich(events: list[dict], con) -> None:
+    """The per-token listing in the console's width: each token whole, its logprob and
+    probability, and the alternatives packed into the width that is left (continuing on
+    lines of their own under that column rather than being cut)."""
     from rich.text import Text
 
-    t = _table(("#", "right"), ("id", "right"), ("token", "left"), ("logprob", "right"),
-               ("prob", "right"), ("alternatives (logprob)", "left"))
+    cols = [Col("#", right=True), Col("id", right=True), Col("token", shrink=True, min_width=8),
+            Col("logprob", right=True), Col("prob", right=True),
+            Col("alternatives (logprob)", flex=(12, 200))]
+    rows, entries = [], []
     for i, e in enumerate(events):
         p = math.exp(e["logprob"])
-        alts = Text()
+        alts = []
         for a in e.get("top_logprobs", []):
             style = "bold" if a["id"] == e["id"] else prob_style(math.exp(a["logprob"]))
-            alts.append(visible(a["piece"]), style=style)
-            alts.append(f" {a['logprob']:.3f}  ", style="dim")
-        t.add_row(str(i), str(e["id"]), _piece_text(e["piece"]), f"{e['logprob']:.4f}",
-                  Text(f"{p:.4f}", style=prob_style(p)), alts)
-    con.print(t)
+            alts.append(Text(visible(a["piece"]), style=style).append(f" {a['logprob']:.3f}", style="dim"))
+        entries.append(alts)
+        rows.append([str(i), str(e["id"]), _piece_text(e["piece"]), f"{e['logprob']:.4f}",
+                     Text(f"{p:.4f}", style=prob_style(p)), ""])
+    widths = fit_widths(cols, rows, con.width)
+    indent = sum(widths[:-1]) + GAP * (len(cols) - 1)
+    after = {}
+    for r, alts in enumerate(entries):
+        lines = pack(alts, max(12, con.width - indent))
+        rows[r][-1] = lines[0]
+        if len(lines) > 1:
+            after[r] = [Text(" " * indent).append_text(x) for x in lines[1:]]
+    print_lines(con, fit_table(cols, rows, con.width, after=after))
 
 
 # ----------------------------------------------------------------------------- pictures
