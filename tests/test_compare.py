@@ -144,8 +144,8 @@ def test_two_models_match_transformers(cli, perturbed, figures):
     assert code == 0, err
     positions, summary = parse(out)
     assert summary["windows"] == -(-len(ids) // 7)
-    check(positions, summary, reference(hf_logits(hf_model(BUNDLED), ids, 7), hf_logits(hf_model(perturbed), ids, 7)),
-          ids[1:] + [None], figures, "windows of 7")
+    ref = reference(hf_logits(hf_model(BUNDLED), ids, 7), hf_logits(hf_model(perturbed), ids, 7))
+    check(positions, summary, ref, ids[1:] + [None], figures, "windows of 7")
 
 
 def test_streaming_in_chunks_is_the_same(perturbed):
@@ -298,3 +298,30 @@ def test_pictures(cli, tmp_path, perturbed):
     root = ET.parse(svg).getroot()
     text = "".join(root.itertext())
     assert "KL" in text and "top-1 agreement" in text
+    # with --json the picture holds the same rows the table would show
+    page = tmp_path / "c.html"
+    code, out, err = cli("compare", BUNDLED, perturbed, TEXT, "--save-html", page, "--rows", "4", "--json")
+    assert code == 0, err
+    positions, summary = parse(out)
+    html = page.read_text(encoding="utf-8")
+    largest = sorted(positions, key=lambda d: -d["kl"])[:4]
+    for d in largest:
+        assert f"{d['kl']:.4g}" in html
+
+
+def test_inference_mode_does_not_leak_to_the_caller():
+    """compare's generator never leaves torch's inference mode on between positions, nor
+    after a side's chunks end first (a later model must still be differentiable)."""
+    from llmcli.inspection.compare import Side, compare
+    from llmcli.tokenizer import load_tokenizer
+    from llmcli.weights import load_model
+
+    tok = load_tokenizer(BUNDLED)
+    model, _ = load_model(BUNDLED)
+    ids = tok.encode(TEXT)
+    for d in compare(Side("a", model, tok, ids), Side("b", model, tok, ids), chunk=4):
+        assert not torch.is_inference_mode_enabled()
+        break
+    assert not torch.is_inference_mode_enabled()
+    again, _ = load_model(BUNDLED)
+    assert not any(p.is_inference() for p in again.parameters())

@@ -213,7 +213,7 @@ def save_pictures(kind: str, result, save_svg: Path | None, save_html: Path | No
 # ----------------------------------------------------------------------------- compare
 def compare_command(
     args: Annotated[Optional[List[str]], typer.Argument(
-        metavar="[A B] [TEXT]", help="Two model directories then the text; with --prompt-b only the "
+        metavar="A B TEXT", help="Two model directories then the text; with --prompt-b only the "
                                      "text. No TEXT (or '-'): read stdin when piped.",
         show_default=False)] = None,
     model: ModelOpt = None,
@@ -254,8 +254,9 @@ def compare_command(
     the original first), ≠ where the arg-maxes differ. Two prompts: llmcli compare -m DIR
     --prompt-a P --prompt-b Q TEXT: side A reads P then TEXT, side B reads Q then TEXT (TEXT
     tokenized once on its own, without BOS, so both sides read the same tokens; a
-    sentencepiece tokenizer gives it its leading space mark); compared are the predictions of TEXT's tokens, from the
-    first (right after the prompt) to the one after the last. The summary line gives the
+    sentencepiece tokenizer gives it its leading space mark); compared are the
+    predictions of TEXT's tokens, from the first (right after the prompt) to the one after
+    the last. The summary line gives the
     mean KL, the top-1 agreement and each side's perplexity on the text. Long texts stream
     through in chunks with a progress bar (stderr, in a terminal).
 
@@ -266,9 +267,9 @@ def compare_command(
 
     Examples:
 
-        llmcli compare models/shakespeare models/shakespeare --dtype-b bfloat16 "ROMEO:"
+        llmcli compare smol-f32 smol-q8 "The capital of France is"
 
-        llmcli compare smol-f32 smol-q4 - < play.txt --rows 10
+        llmcli compare smol smol --dtype-b bfloat16 --rows 10 - < play.txt
 
         llmcli compare --prompt-a "KING:" --prompt-b "FOOL:" "My lord, the"
     """
@@ -319,10 +320,9 @@ def compare_command(
     with _progress(a.count, "compare") as advance:
         for d in compare(a, b, k=k, window=window, next_ids=next_ids, progress=advance):
             summary.add(d)
+            kept.add(d)              # at most --rows positions (for the table and the pictures)
             if mode == "json":
                 json_line(d.to_dict())
-            else:
-                kept.add(d)
     if mode == "json":
         json_line({"summary": summary.to_dict()})
     elif mode == "rich":
@@ -334,20 +334,7 @@ def compare_command(
 
         sys.stdout.write(compare_plain(summary, kept))
         sys.stdout.flush()
-    if save_svg is not None or save_html is not None:
-        if mode == "json":   # the picture shows the positions a terminal would show
-            kept = _kept_again(a, b, k, window, next_ids, rows)
-        save_pictures("compare", (summary, kept), save_svg, save_html, force)
-
-
-def _kept_again(a, b, k, window, next_ids, rows):
-    from llmcli.inspection.compare import compare
-    from llmcli.render.compare import Kept
-
-    kept = Kept(rows)
-    for d in compare(a, b, k=k, window=window, next_ids=next_ids):
-        kept.add(d)
-    return kept
+    save_pictures("compare", (summary, kept), save_svg, save_html, force)
 
 
 def _model_sides(dir_a: str, dir_b: str, text: str | None, no_bos: bool, special: bool, dtype: str,

@@ -200,18 +200,22 @@ def _logit_chunks(side: Side, window: int, chunk: int) -> Iterator[torch.Tensor]
     model, ids = side.model, side.ids
     device = model.device
     starts = range(0, len(ids), window) if side.first == 0 else [0]
+    # inference mode is entered and left around each forward, never held across a yield (a
+    # suspended generator would leave it on for the caller's code)
     for w0 in starts:
         w_ids = ids[w0:w0 + window]
         cache = model.new_cache(max_len=len(w_ids))
         pos = 0
-        with torch.inference_mode():
-            if w0 == 0 and side.first > 0:
+        if w0 == 0 and side.first > 0:
+            with torch.inference_mode():
                 model(torch.tensor([w_ids[:side.first]], device=device), cache=cache, last_only=True)
-                pos = side.first
-            while pos < len(w_ids):
-                piece = w_ids[pos:pos + chunk]
-                yield model(torch.tensor([piece], device=device), cache=cache)[0].float()
-                pos += len(piece)
+            pos = side.first
+        while pos < len(w_ids):
+            piece = w_ids[pos:pos + chunk]
+            with torch.inference_mode():
+                logits = model(torch.tensor([piece], device=device), cache=cache)[0].float()
+            yield logits
+            pos += len(piece)
 
 
 def _top(tokenizer, logp: torch.Tensor, k: int) -> list[dict]:
