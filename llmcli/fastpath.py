@@ -199,9 +199,12 @@ class LlamaStyleDecoder:
     The decoding step written as straight-line tensor code on (B, D) rows: the same
     arithmetic as the readable path (so the same logits to rounding), in fewer operations:
     fused q/k/v and gate/up matmuls straight on the (in, out) storage (``torch.mm``/``addmm``,
-    the residual added inside the matmul), RoPE applied to q and k together with one
-    ``roll``, and no module calls or attribute look-ups (each layer's tensors are gathered
-    once here). Built by :func:`install` after :func:`relayout_linears`.
+    the residual added inside the matmul), RoPE applied to the q, k and v heads together
+    with one ``roll`` and one ``addcmul`` (the v rows have cos 1 and sin 0), a position's
+    keys and values stored with one copy (:class:`~llmcli.models.common.KVCache` keeps them
+    in one tensor), no per-step tables (made once per cache, :meth:`rope_rows`), and no
+    module calls or attribute look-ups (each layer's tensors are gathered once here). Built
+    by :func:`install` after :func:`relayout_linears`.
     """
 
     def __init__(self, model) -> None:
