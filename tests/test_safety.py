@@ -313,7 +313,7 @@ def _corpus(tmp_path: Path) -> Path:
     corpus.mkdir()
     line = "ROMEO. Love and death and the king's crown, sweet lady.\n"
     for i in range(2):
-        (corpus / f"w{i}.txt").write_text(line * 40)
+        (corpus / f"w{i}.txt").write_text(line * (40 + i))  # two different works (identical ones are read once)
     return corpus
 
 
