@@ -325,3 +325,45 @@ def test_inference_mode_does_not_leak_to_the_caller():
     assert not torch.is_inference_mode_enabled()
     again, _ = load_model(BUNDLED)
     assert not any(p.is_inference() for p in again.parameters())
+
+
+def test_terminal_colours_and_no_color_under_a_pseudo_terminal(tmp_path):
+    """Through the real CLI on an 80-column pseudo-terminal: attribute's coloured line
+    (24-bit backgrounds) and legend, compare's table."""
+    import os
+    import re
+    import subprocess
+
+    script = ("import sys\nfrom llmcli.cli.app import main\n"
+              "for args in (['attribute', 'To be, or not'], ['compare', sys.argv[1], sys.argv[1], 'To be']):\n"
+              "    sys.argv = ['llmcli', *args]\n"
+              "    print('=== ' + args[0], flush=True)\n"
+              "    try:\n        main()\n    except SystemExit:\n        pass\n")
+
+    def run(extra_env):
+        main_fd, child_fd = os.openpty()
+        env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "FORCE_COLOR")}
+        env.update(COLUMNS="80", LINES="50", TERM="xterm-256color", COLORTERM="truecolor", **extra_env)
+        proc = subprocess.Popen(["setsid", "-c", sys.executable, "-c", script, str(BUNDLED)],
+                                stdin=child_fd, stdout=child_fd, stderr=child_fd, cwd=tmp_path, env=env)
+        os.close(child_fd)
+        chunks = []
+        while True:
+            try:
+                data = os.read(main_fd, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+        proc.wait(timeout=120)
+        os.close(main_fd)
+        return b"".join(chunks).decode("utf-8", "replace")
+
+    text = run({})
+    attribute, compare_out = text.split("=== compare")
+    assert re.search(r"\x1b\[[0-9;]*48;2;\d+;\d+;\d+m", attribute), attribute[:500]
+    assert "red raises f, blue lowers f" in attribute and "Traceback" not in text
+    assert "top-1 agreement 100.0%" in re.sub(r"\x1b\[[0-9;]*m", "", compare_out)
+    # NO_COLOR: rich drops the colours; attribute's renderer then prints piece[value] pairs
+    # (tests/test_attribute.py::test_plain_and_coloured_output)
