@@ -274,3 +274,24 @@ def test_generate_logprobs_listing_fits(bundled):
             assert f"{e['logprob']:.4f}" in text and f"{math.exp(e['logprob']):.4f}" in text
             for a in e["top_logprobs"]:
                 assert f"{visible(a['piece'])} {a['logprob']:.3f}" in text, a
+
+
+def test_info_tensors_fit():
+    """info's tensors at 80 columns: the blocks' tensors once per name (with the blocks they
+    are in), every shape whole; the piped table still lists every tensor."""
+    from llmcli.inspection.info import model_info
+
+    info = model_info(DEFAULT_MODEL)
+    for width in WIDTHS:
+        lines = _render("info", info, width)
+        _assert_fits(lines, width, "info")
+        text = "\n".join(lines)
+        assert "…" not in text
+        n = max(int(x.name.split(".")[2]) for x in info.tensors if x.name.startswith("model.layers."))
+        assert f"model.layers.N, each of the {n + 1} blocks (N = 0–{n})" in text
+        for x in info.tensors:
+            name = x.name.split(".", 3)[3] if x.name.startswith("model.layers.") else x.name
+            shape = "×".join(map(str, x.shape))
+            assert any(line.startswith(name + " ") and shape in line for line in lines), x.name
+    assert all(x.name in render.info_plain(info) for x in info.tensors)
+    assert render._ranges([8, 0, 1, 2, 5, 7]) == "0–2, 5, 7–8" and render._ranges([3]) == "3"

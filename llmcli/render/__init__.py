@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 import unicodedata
 from dataclasses import dataclass
@@ -762,6 +763,73 @@ def info_plain(info) -> str:
     return "\n".join(out) + "\n"
 
 
+_BLOCK_NAME = re.compile(r"^(?P<prefix>.+?)\.(?P<index>\d+)\.(?P<rest>.+)$")
+
+
+def _ranges(indices: list[int]) -> str:
+    """``[0, 1, 2, 5, 7, 8]`` → ``"0–2, 5, 7–8"``."""
+    out, run = [], []
+    for i in sorted(indices):
+        if run and i == run[-1] + 1:
+            run.append(i)
+            continue
+        if run:
+            out.append(f"{run[0]}–{run[-1]}" if len(run) > 1 else str(run[0]))
+        run = [i]
+    if run:
+        out.append(f"{run[0]}–{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ", ".join(out)
+
+
+def _tensor_tables(info, con) -> None:
+    """The tensors in the console's width: the tensors outside the blocks one per row, then the
+    blocks' tensors once per name (``model.layers.N.…``) with the blocks that have that shape,
+    dtype and source type, so 30 blocks are 9 rows, not 270 (``--json`` and the piped table
+    list every tensor). The parameters column goes first when the width is short (the shape
+    gives it), then names are clipped as a last resort."""
+    width = con.width
+    src = any(x.source_type for x in info.tensors)
+    top, groups, n_blocks = [], {}, {}
+    for x in info.tensors:
+        m = _BLOCK_NAME.match(x.name)
+        if m is None:
+            top.append(x)
+            continue
+        key = (m["prefix"], m["rest"], tuple(x.shape), x.dtype, x.source_type)
+        groups.setdefault(key, []).append((int(m["index"]), x))
+        n_blocks.setdefault(m["prefix"], set()).add(int(m["index"]))
+
+    def cells(name, x, blocks=None):
+        row = ([blocks] if blocks is not None else []) + [
+            name, "×".join(map(str, x.shape)) or "scalar", x.dtype, _n(x.numel), _n(x.nbytes)]
+        return row + ([x.source_type or "-"] if src else [])
+
+    def show(cols, rows):
+        if sum(fit_widths([Col(c.header, c.right) for c in cols], rows, 10 ** 6)) \
+                + GAP * (len(cols) - 1) > width:   # drop "parameters" before cutting names
+            i = [c.header for c in cols].index("parameters")
+            cols = cols[:i] + cols[i + 1:]
+            rows = [r[:i] + r[i + 1:] for r in rows]
+        print_lines(con, fit_table(cols, rows, width))
+
+    tail = [Col("shape"), Col("dtype"), Col("parameters", right=True), Col("bytes", right=True)] + \
+        ([Col("from")] if src else [])
+    if top:
+        show([Col("name", shrink=True, min_width=16)] + tail, [cells(x.name, x) for x in top])
+    for prefix in n_blocks:
+        keys = [k for k in groups if k[0] == prefix]
+        total = len(n_blocks[prefix])
+        every = all(len(groups[k]) == total for k in keys)
+        con.print()
+        con.print(f"[bold]{prefix}.N[/], " + (f"each of the {total} blocks (N = 0–{max(n_blocks[prefix])})"
+                                               if every else f"{total} blocks; N = the blocks listed"),
+                  highlight=False)
+        rows = [cells(k[1], groups[k][0][1], None if every else _ranges([i for i, _ in groups[k]]))
+                for k in keys]
+        lead = [] if every else [Col("N")]
+        show(lead + [Col("name", shrink=True, min_width=16)] + tail, rows)
+
+
 def info_rich(info, con) -> None:
     from rich.table import Table
 
@@ -774,13 +842,7 @@ def info_rich(info, con) -> None:
         con.rule(f"[bold]{title}", align="left")
         con.print(grid)
     con.rule("[bold]tensors", align="left")
-    src = any(x.source_type for x in info.tensors)
-    t = _table(("name", "left"), ("shape", "left"), ("dtype", "left"), ("parameters", "right"), ("bytes", "right"),
-               *([("from", "left")] if src else []))
-    for x in info.tensors:
-        t.add_row(x.name, "×".join(map(str, x.shape)) or "scalar", x.dtype, _n(x.numel), _n(x.nbytes),
-                  *([x.source_type or "-"] if src else []))
-    con.print(t)
+    _tensor_tables(info, con)
     con.rule("[bold]files", align="left")
     for f in info.files:
         con.print(f"{f['name']}  [dim]{_n(f['bytes'])} bytes[/]", highlight=False)
