@@ -11,7 +11,7 @@ from __future__ import annotations
 import heapq
 import sys
 
-from llmcli.render import _table, clip, console, jsonable, prob_style, visible
+from llmcli.render import _table, clip, jsonable, prob_style, visible
 
 PIECE = 10          # cells per candidate piece
 WIDE = 110          # terminal width from which the sides stand side by side
