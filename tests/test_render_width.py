@@ -295,3 +295,29 @@ def test_info_tensors_fit():
             assert any(line.startswith(name + " ") and shape in line for line in lines), x.name
     assert all(x.name in render.info_plain(info) for x in info.tensors)
     assert render._ranges([8, 0, 1, 2, 5, 7]) == "0–2, 5, 7–8" and render._ranges([3]) == "3"
+
+
+def test_tokenize_table_fits(bundled):
+    """tokenize at 80 columns: pieces whole, a long token's bytes continued under its column."""
+    from llmcli.inspection.tokens import TokenRow, detokenize_ids, tokenize_text
+
+    result = tokenize_text(bundled["tok"], "ROMEO: 中文 😀 wherefore")
+    long = TokenRow(position=len(result.tokens), id=7, piece="▁" + "x" * 40, bytes=b" " + b"x" * 40,
+                    kind="normal")
+    result.tokens.append(long)
+    for width in WIDTHS:
+        lines = _render("tokenize", result, width)
+        _assert_fits(lines, width, "tokenize")
+        assert "…" not in "\n".join(lines)
+        for t in result.tokens[:-1]:
+            assert any(line.lstrip().startswith(f"{t.position} ") and visible(t.piece) in line
+                       and render.hex_bytes(t.bytes) in line for line in lines), t
+        at = next(i for i, line in enumerate(lines) if visible(long.piece) in line)
+        shown = [lines[at].split("normal")[-1].strip()]
+        for line in lines[at + 1:]:
+            if not line.startswith("   "):
+                break
+            shown.append(line.strip())
+        assert " ".join(shown) == render.hex_bytes(long.bytes), shown
+    lines = _render("detokenize", detokenize_ids(bundled["tok"], bundled["ids"]), 80)
+    _assert_fits(lines, 80, "detokenize")

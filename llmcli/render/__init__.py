@@ -376,13 +376,31 @@ def tokenize_plain(result) -> str:
     return table + _totals_line(result) + "\n" + "\n".join(_roundtrip_lines(result)) + "\n"
 
 
+def _tokens_table(tokens, con, styled: bool = True) -> None:
+    """pos, id, piece, kind and bytes of each token in the console's width: pieces whole, the
+    bytes (last) continued on lines of their own under their column when a token has many."""
+    from rich.text import Text
+
+    cols = [Col("pos", right=True), Col("id", right=True), Col("piece", shrink=True, min_width=8),
+            Col("kind"), Col("bytes", flex=(11, 400))]
+    rows, styles, hexes = [], [], []
+    for t in tokens:
+        rows.append([str(t.position), str(t.id), _piece_text(t.piece, t.kind), t.kind, ""])
+        styles.append((_KIND_STYLE.get(t.kind) or None) if styled else None)
+        hexes.append([Text(f"{b:02x}") for b in t.bytes])
+    widths = fit_widths(cols, rows, con.width)
+    indent = sum(widths[:-1]) + GAP * (len(cols) - 1)
+    after = {}
+    for r, entries in enumerate(hexes):
+        lines = pack(entries, max(11, con.width - indent), sep=1)
+        rows[r][-1] = lines[0]
+        if len(lines) > 1:
+            after[r] = [Text(" " * indent).append_text(x) for x in lines[1:]]
+    print_lines(con, fit_table(cols, rows, con.width, styles=styles, after=after))
+
+
 def tokenize_rich(result, con) -> None:
-    table = _table(("pos", "right"), ("id", "right"), ("piece", "left"), ("bytes", "left"),
-                   ("kind", "left"))
-    for t in result.tokens:
-        table.add_row(str(t.position), str(t.id), _piece_text(t.piece, t.kind),
-                      hex_bytes(t.bytes), t.kind, style=_KIND_STYLE.get(t.kind) or None)
-    con.print(table)
+    _tokens_table(result.tokens, con)
     con.print(_totals_line(result), style="bold")
     lines = _roundtrip_lines(result)
     con.print(lines[0], style="green" if result.roundtrip_ok else "yellow", markup=False)
@@ -395,11 +413,7 @@ def detokenize_plain(result) -> str:
 
 
 def detokenize_rich(result, con) -> None:
-    table = _table(("pos", "right"), ("id", "right"), ("piece", "left"), ("bytes", "left"),
-                   ("kind", "left"))
-    for t in result.tokens:
-        table.add_row(str(t.position), str(t.id), _piece_text(t.piece, t.kind), hex_bytes(t.bytes), t.kind)
-    con.print(table)
+    _tokens_table(result.tokens, con, styled=False)
     con.print(f"{len(result.ids)} tokens → {len(result.text)} characters:", style="bold")
     con.out(result.text, highlight=False)
 
