@@ -17,7 +17,6 @@ import typer
 
 from llmcli.cli.common import DeviceOpt, DtypeOpt, ModelOpt, ThreadsOpt, read_prompt
 from llmcli.cli.quant_option import QuantOpt
-from llmcli.cli.quant_option import QuantOpt
 from llmcli.errors import LLMCLIError, UsageError
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
@@ -164,12 +163,14 @@ def perplexity_command(
     rule: Annotated[str, typer.Option(
         "--rule", help="sliding (Hugging Face's sliding window) or llama.cpp (llama-perplexity's "
                        "chunks: the second half of each scored).")] = "sliding",
+    chunks: Annotated[Optional[int], typer.Option(
+        "--chunks", help="With --rule llama.cpp: score only the first N chunks (llama-perplexity's "
+                         "--chunks).", metavar="N", show_default=False)] = None,
     batch: BatchOpt = 512,
     no_bos: NoBosOpt = False,
     special: SpecialOpt = False,
     json_out: JsonOpt = False,
     dtype: DtypeOpt = "auto",
-    quant: QuantOpt = None,
     quant: QuantOpt = None,
     device: DeviceOpt = "cpu",
     threads: ThreadsOpt = None,
@@ -214,6 +215,12 @@ def perplexity_command(
     if rule == "llama.cpp" and stride is not None:
         raise UsageError("--stride: the llama.cpp rule has no stride (its chunks do not overlap); "
                          "use --rule sliding")
+    if chunks is not None:
+        if rule != "llama.cpp":
+            raise UsageError("--chunks: only with --rule llama.cpp (the sliding rule has windows, "
+                             "not chunks)")
+        if chunks < 1:
+            raise UsageError(f"--chunks: must be at least 1, got {chunks}")
     text, source = _text_source(file)
     if rule == "llama.cpp" and text.endswith("\n"):
         text = text[:-1]
@@ -233,7 +240,7 @@ def perplexity_command(
     try:
         result = perplexity(ctx.model, ctx.tokenizer, ctx.ids, rule=rule, context=c, stride=s,
                             batch=batch, add_bos=add_bos, text_characters=len(text),
-                            model_name=str(ctx.model_dir), on_progress=progress)
+                            model_name=str(ctx.model_dir), chunks=chunks, on_progress=progress)
     finally:
         progress.close()
     from llmcli.render import console, make_stdout_safe, output_mode, write_json
@@ -278,7 +285,6 @@ def score_command(
     special: SpecialOpt = False,
     json_out: JsonOpt = False,
     dtype: DtypeOpt = "auto",
-    quant: QuantOpt = None,
     quant: QuantOpt = None,
     device: DeviceOpt = "cpu",
     threads: ThreadsOpt = None,
@@ -363,7 +369,10 @@ def score_command(
     if mode == "rich":
         R.score_rich(collected, summary, con, color_by)
     if pictures:
-        _save_pictures(collected, summary, color_by, save_svg, save_html, force, source)
+        from llmcli.render import clip, visible
+
+        title = str(file) if file is not None else clip(visible(source_text), 48)
+        _save_pictures(collected, summary, color_by, save_svg, save_html, force, title)
 
 
 def _check_pictures(save_svg: Path | None, save_html: Path | None, force: bool) -> bool:

@@ -276,7 +276,7 @@ def char_and_byte_counts(tokenizer, ids: list[int], windows: list[Window]) -> tu
 
 def perplexity(model, tokenizer, ids: list[int], *, rule: str = "sliding", context: int,
                stride: int | None = None, batch: int = DEFAULT_BATCH, add_bos: bool = False,
-               text_characters: int = 0, model_name: str = "",
+               text_characters: int = 0, model_name: str = "", chunks: int | None = None,
                on_progress: Progress | None = None) -> PerplexityResult:
     """Perplexity of the token ids ``ids`` under ``model`` by ``rule`` (module docstring).
 
@@ -287,6 +287,8 @@ def perplexity(model, tokenizer, ids: list[int], *, rule: str = "sliding", conte
         add_bos: the tokenizer adds BOS (the ``llama.cpp`` rule then puts BOS first in every
             chunk).
         batch: tokens per forward call (memory: ``batch × vocab × 4`` bytes of logits).
+        chunks: ``llama.cpp`` only: score at most this many chunks, the first ones
+            (llama-perplexity's ``--chunks``).
 
     Raises:
         ValueError: an unknown rule; fewer than 2 tokens; ``llama.cpp`` with fewer than
@@ -306,6 +308,8 @@ def perplexity(model, tokenizer, ids: list[int], *, rule: str = "sliding", conte
             raise ValueError(f"the llama.cpp rule needs at least 2 × context = {2 * context} "
                              f"tokens, got {n}")
         windows = llamacpp_windows(n, context, add_bos and tokenizer.bos_id is not None)
+        if chunks is not None:
+            windows = windows[:max(1, chunks)]
     else:
         raise ValueError(f"unknown rule {rule!r} (one of {', '.join(RULES)})")
     logprobs = array("f")

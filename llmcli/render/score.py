@@ -22,22 +22,17 @@ from typing import Iterable
 
 from llmcli.render import clip, fmt, jsonable, text_width, visible
 
-#: Background colours of GLTR's buckets (the palette of llmcli.render.pictures.rank_scale).
-BUCKET_COLOURS = {"top-1": "#a6e3a1", "top-10": "#fbe38e", "top-100": "#f7b4a7",
-                  "beyond": "#d8b4f8"}
-#: Probability steps: (lower bound, background colour, legend label), the prob_style steps.
-PROB_COLOURS = [(0.8, "#9dd4a8", "≥ 0.8"), (0.5, "#c6e6a0", "0.5–0.8"),
-                (0.25, "#f0e094", "0.25–0.5"), (0.1, "#f6c39c", "0.1–0.25"),
-                (0.0, "#f2a9a4", "< 0.1")]
 COLOR_BY = ("rank", "prob")
 _INK = "#1f2328"   # text on those backgrounds
 
 
-def prob_background(p: float) -> str:
-    for bound, colour, _ in PROB_COLOURS:
-        if p >= bound:
-            return colour
-    return PROB_COLOURS[-1][1]
+def scale(color_by: str):
+    """The colour scale shared with the pictures (:mod:`llmcli.render.pictures`):
+    :func:`~llmcli.render.pictures.rank_scale` (GLTR's buckets; value = rank) or
+    :func:`~llmcli.render.pictures.probability_scale` (value = probability)."""
+    from llmcli.render import pictures as P
+
+    return P.probability_scale() if color_by == "prob" else P.rank_scale()
 
 
 # ----------------------------------------------------------------------------- perplexity
@@ -45,10 +40,10 @@ def _rule_line(r) -> str:
     if r.rule == "llama.cpp":
         n = len(r.windows)
         bos = ", BOS first in each" if r.add_bos else ""
-        return (f"llama.cpp: {n} chunks of {r.context} tokens{bos}, the last "
+        return (f"llama.cpp: {n} chunks of {r.context} tokens{bos},\nthe last "
                 f"{r.context - r.context // 2 - 1} of each scored")
     return (f"sliding window: {len(r.windows)} windows of ≤ {r.context} tokens, stride "
-            f"{r.stride}, each token scored once with ≥ {r.context - r.stride} tokens of history")
+            f"{r.stride},\neach token scored once with ≥ {r.context - r.stride} tokens of history")
 
 
 def perplexity_lines(r) -> list[tuple[str, str]]:
@@ -67,7 +62,8 @@ def perplexity_lines(r) -> list[tuple[str, str]]:
 def perplexity_plain(r) -> str:
     rows = perplexity_lines(r)
     width = max(len(k) for k, _ in rows)
-    return "".join(f"{k:<{width}}  {v}\n" for k, v in rows) + \
+    return "".join(f"{k:<{width}}  {v}\n".replace("\n", "\n" + " " * (width + 2), v.count("\n"))
+                   for k, v in rows) + \
         "(± is the standard error of the mean, as llama-perplexity prints it)\n"
 
 
@@ -77,6 +73,7 @@ def perplexity_rich(r, con) -> None:
     rows = perplexity_lines(r)
     width = max(len(k) for k, _ in rows)
     for i, (k, v) in enumerate(rows):
+        v = v.replace("\n", "\n" + " " * (width + 2))
         con.print(Text.assemble((f"{k:<{width}}  ", "bold"), (v, "bold" if i == 0 else "")))
     con.print("(± is the standard error of the mean, as llama-perplexity prints it)", style="dim",
               markup=False)
@@ -174,13 +171,18 @@ def plain_line(t) -> str:
             f"{t.rank:>6}  {t.entropy_bits:>6.3f}  {t.bucket}")
 
 
-def summary_line(s) -> str:
-    """``N tokens, M scored · perplexity P · mean logprob L · top-1 a% · top-10 b% ...``."""
+def summary_parts(s) -> list[str]:
+    """``["N tokens, M scored · perplexity P · mean logprob L", "top-1 a% · top-10 b% ..."]``."""
     if not s.scored:
-        return f"{s.tokens} tokens, none scored"
+        return [f"{s.tokens} tokens, none scored"]
     buckets = " · ".join(f"{k} {100 * v / s.scored:.1f}%" for k, v in s.buckets.items())
-    return (f"{s.tokens:,} tokens, {s.scored:,} scored · perplexity {fmt(s.perplexity, 3)} · "
-            f"mean logprob {fmt(s.mean_logprob, 3)} · {buckets}")
+    return [f"{s.tokens:,} tokens, {s.scored:,} scored · perplexity {fmt(s.perplexity, 3)} · "
+            f"mean logprob {fmt(s.mean_logprob, 3)}", buckets]
+
+
+def summary_line(s) -> str:
+    """The summary on one line (:func:`summary_parts` joined)."""
+    return " · ".join(summary_parts(s))
 
 
 class ScorePlainWriter:
@@ -222,45 +224,79 @@ class ScoreJsonWriter:
 
 
 # ----------------------------------------------------------------------------- score: terminal
-def span_colour(span: Span, color_by: str) -> str | None:
-    """The background of a span (``None``: uncoloured, nothing predicts it)."""
+def span_value(span: Span, color_by: str) -> float | None:
+    """What colours a span: its probability or its rank (``None``: nothing predicts it)."""
     if span.logprob is None:
         return None
-    if color_by == "prob":
-        return prob_background(math.exp(span.logprob))
-    return BUCKET_COLOURS[span.bucket]
+    return math.exp(span.logprob) if color_by == "prob" else float(span.rank)
 
 
-def legend_items(color_by: str) -> list[tuple[str, str]]:
-    """(colour, label) of the legend."""
-    if color_by == "prob":
-        return [(c, label) for _, c, label in reversed(PROB_COLOURS)]
-    return [(BUCKET_COLOURS["top-1"], "top-1"), (BUCKET_COLOURS["top-10"], "top-10"),
-            (BUCKET_COLOURS["top-100"], "top-100"), (BUCKET_COLOURS["beyond"], "beyond")]
+def _tooltip(span: Span) -> str:
+    if span.control:
+        return f"{span.text} (control token)"
+    if span.logprob is None:
+        return "no prediction (first token)"
+    return (f"logprob {span.logprob:.4f} · prob {math.exp(span.logprob):.4g} · rank {span.rank} "
+            f"({span.bucket})" + (f" · {span.count} tokens" if span.count > 1 else ""))
 
 
 def score_rich(spans: list[Span], summary, con, color_by: str = "rank") -> None:
     """The text coloured span by span, a legend before it and the summary after."""
     from rich.text import Text
 
-    legend = Text("colour = " + ("probability of the token: " if color_by == "prob"
-                                 else "rank of the token (GLTR buckets): "), style="dim")
-    for colour, label in legend_items(color_by):
-        legend.append(f" {label} ", style=f"{_INK} on {colour}")
+    sc = scale(color_by)
+    named = con.color_system in ("standard", "windows")   # 16 colours: the pastels all look grey
+
+    def style(value: float | None) -> str | None:
+        if value is None:
+            return None
+        if named:
+            return f"black on {_named_colour(value, color_by)}"
+        return f"{_INK} on {sc.colour(value)}"
+
+    legend = Text()
+    legend.append("probability: " if color_by == "prob" else "rank (GLTR): ", style="dim")
+    for value, label in sc.ticks:
+        legend.append(f" {label} ", style=style(value))
         legend.append(" ")
-    legend.append(" no prediction", style="dim")
+    legend.append("no prediction", style="dim")
     con.print(legend)
     body = Text()
     for span in spans:
-        colour = span_colour(span, color_by)
         if span.control:
             body.append(span.text, style="dim magenta")
-        elif colour is None:
-            body.append(span.text, style="dim")
         else:
-            body.append(span.text, style=f"{_INK} on {colour}")
+            body.append(span.text, style=style(span_value(span, color_by)) or "dim")
     con.print(body, soft_wrap=True)
-    con.print(summary_line(summary), style="bold", markup=False)
+    for part in summary_parts(summary):
+        con.print(part, style="bold", markup=False)
+
+
+#: Named colours for 16-colour terminals: GLTR's buckets, and probability steps.
+_NAMED_RANK = ((1, "green"), (10, "yellow"), (100, "red"), (math.inf, "magenta"))
+_NAMED_PROB = ((0.8, "green"), (0.5, "bright_green"), (0.25, "yellow"), (0.1, "bright_red"),
+               (0.0, "red"))
+
+
+def _named_colour(value: float, color_by: str) -> str:
+    if color_by == "prob":
+        return next((c for bound, c in _NAMED_PROB if value >= bound), "red")
+    return next(c for top, c in _NAMED_RANK if value <= top)
+
+
+def score_figure(spans: list[Span], summary, color_by: str = "rank", source: str = ""):
+    """The coloured text as a :class:`llmcli.render.pictures.Figure` (``--save-svg``,
+    ``--save-html``): a token strip with the terminal's colours, a legend and tooltips (each
+    token's logprob, probability, rank), and the summary line."""
+    from llmcli.render import pictures as P
+
+    tokens = [P.StripToken(span.text, None if span.control else span_value(span, color_by),
+                           _tooltip(span)) for span in spans]
+    what = "probability" if color_by == "prob" else "rank (GLTR buckets)"
+    return P.Figure(f"score · {source}" if source else "score", panels=[
+        P.StripPanel(tokens, scale(color_by), title=f"each token coloured by its {what}"),
+        P.NotePanel(summary_line(summary)),
+    ])
 
 
 def write_plain(tokens: Iterable, summary, file) -> None:
