@@ -466,7 +466,8 @@ class Conversation:
                                     add_generation_prompt=True)
 
     def prompt(self, user: str, encode: Callable[[str], list[int]], context: int,
-               reserve: int = 1) -> tuple[list[int], int]:
+               reserve: int = 1, context_source: str = "max_position_embeddings"
+               ) -> tuple[list[int], int]:
         """Add the user message ``user`` and return ``(prompt_ids, dropped)``: the ids to feed
         the model (``encode`` of the rendered conversation) and how many old messages were
         dropped to fit.
@@ -474,6 +475,8 @@ class Conversation:
         Args:
             encode: rendered text → ids (special tokens parsed, no BOS added).
             context: the model's context length in tokens.
+            context_source: what sets ``context``, named in the error (the config.json field,
+                ``n_positions`` for GPT-2, or ``-c/--ctx-size``).
             reserve: tokens to leave for the reply; old exchanges are dropped while the prompt
                 plus ``reserve`` exceeds ``context`` and there is one to drop.
 
@@ -497,9 +500,9 @@ class Conversation:
             dropped += end - start
             candidate = candidate[:start] + candidate[end:]
         if len(ids) >= context:
+            whose = "the context" if context_source.startswith("-c") else "the model's context"
             raise LLMCLIError(f"the conversation is {len(ids)} tokens with this message, which leaves no "
-                              f"room for a reply in the model's context of {context} tokens "
-                              "(max_position_embeddings)")
+                              f"room for a reply in {whose} of {context} tokens ({context_source})")
         self.messages = candidate
         return ids, dropped
 

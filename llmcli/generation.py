@@ -67,8 +67,15 @@ class Generation:
     ids, which have no text, are never chosen: sampling and log-probabilities use the logits
     of the tokenizer's ids only.
 
+    ``max_tokens``: the most tokens to generate; ``-1`` (any negative number) means no limit:
+    until an end-of-sequence id or the context is full. ``context``: the context length to use
+    (default: the model's ``max_position_embeddings``; at most that), and ``context_source``
+    what to call it in the error (default: the config.json field of the model's family, e.g.
+    ``n_positions`` for GPT-2; the CLI passes ``-c/--ctx-size`` when that set it).
+
     Raises (on construction):
         LLMCLIError: empty prompt, or a prompt longer than the context length.
+        ValueError: ``context`` is not in ``[1, max_position_embeddings]``.
     Raises (while iterating):
         llmcli.checks.NonFiniteError: the logits of a step hold NaN or infinity (one line
             naming the position and the first non-finite stage of the model).
@@ -77,26 +84,33 @@ class Generation:
     def __init__(self, model, tokenizer: Tokenizer, prompt_ids: list[int], params: SamplingParams,
                  max_tokens: int, stop: list[str] | tuple[str, ...] = (),
                  eos_ids: list[int] | None = None, top_logprobs: int = 0,
-                 logprobs: bool = False) -> None:
+                 logprobs: bool = False, context: int | None = None,
+                 context_source: str | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.prompt_ids = list(prompt_ids)
         self.sampler = Sampler(params)
         self.params = params
-        self.max_tokens = max_tokens
+        self.max_tokens = max_tokens if max_tokens >= 0 else None   # None: no limit
         self.stop = [s for s in stop if s]
         self.eos_ids = set(eos_ids if eos_ids is not None else tokenizer.eos_ids)
         self.top_logprobs = top_logprobs
         self.want_logprobs = logprobs or top_logprobs > 0
-        self.context = model.config.max_position_embeddings
+        model_context = model.config.max_position_embeddings
+        self.context = model_context if context is None else context
+        if not 1 <= self.context <= model_context:
+            raise ValueError(f"context {self.context} is not in [1, {model_context}]")
+        field = getattr(model.config, "_field_name", lambda name: name)("max_position_embeddings")
+        self.context_source = context_source or field
         self.vocab = min(model.config.vocab_size, tokenizer.vocab_size)
         self.stats = GenerationStats(prompt_tokens=len(self.prompt_ids), seed=self.sampler.seed)
         if not self.prompt_ids:
             raise LLMCLIError("the prompt is empty and no BOS token is added (--no-bos, or the "
                               "tokenizer adds none): nothing to continue")
         if len(self.prompt_ids) > self.context:
-            raise LLMCLIError(f"the prompt is {len(self.prompt_ids)} tokens, longer than the model's "
-                              f"context of {self.context} tokens (max_position_embeddings)")
+            whose = "the model's context" if self.context_source == field else "the context"
+            raise LLMCLIError(f"the prompt is {len(self.prompt_ids)} tokens, longer than {whose} "
+                              f"of {self.context} tokens ({self.context_source})")
 
     def __iter__(self) -> Iterator[TokenEvent]:
         return self._run()
@@ -118,11 +132,12 @@ class Generation:
     # ``yield`` must not leave it switched on in the caller's code.
     def _run(self) -> Iterator[TokenEvent]:
         stats = self.stats
-        if self.max_tokens <= 0:
+        if self.max_tokens == 0:
             stats.stop_reason = STOP_MAX_TOKENS
             return
+        wanted = self.context if self.max_tokens is None else len(self.prompt_ids) + self.max_tokens
         with torch.inference_mode():
-            cache = self.model.new_cache(batch=1, max_len=min(self.context, len(self.prompt_ids) + self.max_tokens))
+            cache = self.model.new_cache(batch=1, max_len=min(self.context, wanted))
         decoder = self.tokenizer.stream()
         decoder.prime(self.prompt_ids)
         context_ids = list(self.prompt_ids)
@@ -154,7 +169,7 @@ class Generation:
                 else:
                     keep = self._stop_prefix_len(pending)
                     event.text, pending = pending[:len(pending) - keep], pending[len(pending) - keep:]
-                    if stats.generated_tokens >= self.max_tokens:
+                    if self.max_tokens is not None and stats.generated_tokens >= self.max_tokens:
                         stats.stop_reason = STOP_MAX_TOKENS
                     elif cache.length >= self.context:
                         stats.stop_reason = STOP_CONTEXT
@@ -165,6 +180,7 @@ class Generation:
                 stats.decode_seconds = time.perf_counter() - t_first
                 yield event
                 return
+            stats.decode_seconds = time.perf_counter() - t_first  # so far (read after a Ctrl-C)
             yield event
             logits = self._forward([token], cache)                              # decode one
             require_finite(self.model, context_ids, logits, len(context_ids) - 1)

@@ -249,8 +249,9 @@ def test_generate_chat_json_and_top_logprobs(tmp_path, chat_dir):
     proc = llmcli("generate", "-m", str(model_dir), "--chat", "Hi", "--temp", "0", "-n", "5", "--json",
                   cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    records = [json.loads(line) for line in proc.stdout.splitlines()]
+    *records, done = [json.loads(line) for line in proc.stdout.splitlines()]
     assert len(records) == 5 and "".join(r["text"] for r in records) == expected
+    assert done["done"] is True and done["tokens"] == 5
     proc = llmcli("generate", "-m", str(model_dir), "--chat", "Hi", "--temp", "0", "-n", "5",
                   "--top-logprobs", "2", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr

@@ -95,7 +95,8 @@ def test_help_exits_0_with_examples(tmp_path):
     for args in (["--help"], ["generate", "--help"]):
         proc = llmcli(*args, cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
-        assert "Example" in proc.stdout and 'llmcli generate "ROMEO:"' in proc.stdout
+        assert "Example" in proc.stdout
+        assert 'llmcli generate "To be, or not to be, that is the question:" -n 66 -s 1' in proc.stdout
     text = llmcli("generate", "--help", cwd=tmp_path).stdout
     for option in ("--max-tokens", "--temp", "--top-k", "--top-p", "--min-p", "--repeat-penalty",
                    "--seed", "--stop", "--stats", "--echo", "--no-bos", "--threads"):
@@ -114,9 +115,9 @@ def test_help_prose_wraps_to_the_terminal_not_to_the_source(tmp_path):
     proc = llmcli("topk", "--help", cwd=tmp_path, env=env_for(COLUMNS="80"))
     assert proc.returncode == 0, proc.stderr
     lines = [line.strip() for line in proc.stdout.splitlines()]
-    # the docstring breaks its line after "-k only sets how"; at 80 columns it must flow on
+    # the docstring breaks its line after "-r/--rows only sets how"; at 80 columns it flows on
     assert not any(line.endswith("only sets how") for line in lines), proc.stdout
-    assert 'llmcli topk "ROMEO:" -k 8' in lines
+    assert 'llmcli topk "ROMEO:" --rows 8' in lines
 
 
 @pytest.mark.parametrize("command", [[], ["generate"], ["tokenize"], ["topk"], ["train"]])
@@ -279,6 +280,32 @@ def test_sigint_during_generation_exits_130(tmp_path, long_dir):
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
 
 
+def test_sigint_during_json_ends_with_a_done_record_and_no_empty_line(tmp_path, long_dir):
+    """Ctrl-C under --json: stdout stays JSON lines (no empty line written), and the last
+    line is {"done": true, "stop": "interrupted", ...} with the tokens streamed so far."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmcli", "generate", "-m", str(long_dir), "-n", "90000",
+         "--temp", "1", "-s", "1", "--ignore-eos", "--json", "Once upon a time"],
+        cwd=tmp_path, env=env_for(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE)
+    try:
+        first = proc.stdout.readline()  # generation has started
+        proc.send_signal(signal.SIGINT)
+        rest, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out, err = (first + rest).decode(), err.decode()
+    assert proc.returncode == EXIT_INTERRUPTED, (proc.returncode, err)
+    assert "Traceback" not in err and "[interrupted]" in err, err
+    lines = out.split("\n")
+    assert lines[-1] == "" and "" not in lines[:-1], repr(out[-300:])
+    records = [json.loads(line) for line in lines[:-1]]
+    done = records[-1]
+    assert done["done"] is True and done["stop"] == "interrupted" and done["seed"] == 1, done
+    assert done["tokens"] >= len(records) - 1 >= 1 and all("id" in r for r in records[:-1])
+
+
 def test_ignore_eos_runs_past_eos(tmp_path, long_dir):
     """A seed whose sample hits EOS early stops there, and with --ignore-eos runs to -n."""
     for seed in range(1, 40):
@@ -363,7 +390,7 @@ def test_broken_model_directories(tmp_path, broken, edit, needle):
     (["--min-p", "-0.5"], "--min-p"),
     (["--repeat-penalty", "0"], "--repeat-penalty"),
     (["--top-k", "-3"], "--top-k"),
-    (["-n", "-1"], "--max-tokens"),
+    (["-n", "-2"], "--max-tokens"),                     # -1 is "no limit", as llama.cpp
     (["--threads", "0"], "--threads"),
     (["--dtype", "float8"], "--dtype"),
     (["--seed", "-5"], "--seed"),

@@ -576,7 +576,8 @@ def test_generate_with_a_tokenizer_json_model_equals_transformers(bpe_model, tmp
     assert prompt_ids == load_tokenizer(model_dir).encode(prompt)
     proc = _run("generate", "-m", model_dir, prompt, "-n", "24", "--temp", "0", "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    *events, done = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert done["done"] is True and done["tokens"] == len(events)  # the last line: stop, timings
     ids = [e["id"] for e in events]
     with torch.no_grad():
         want = hf_model.generate(torch.tensor([prompt_ids]), max_new_tokens=24, do_sample=False,

@@ -22,7 +22,8 @@ from llmcli.render import make_stdout_safe
 app = typer.Typer(
     name="llmcli",
     help="Load Llama-family safetensors models, stream generated text, and look inside "
-         "every step of next-token prediction.\n\nExample: llmcli generate \"ROMEO:\" -n 60",
+         "every step of next-token prediction.\n\nExample:\n\n    llmcli generate "
+         "\"To be, or not to be, that is the question:\" -n 66 -s 1",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -107,9 +108,68 @@ def command():
             pass
         for sub_name, sub in getattr(cmd, "commands", {}).items():
             unlabel_flags(sub, sub_name)
+        cmd.format_help = _with_help_layout(cmd.format_help)
 
     unlabel_flags(root, "llmcli")
     return root
+
+
+def _with_help_layout(format_help):
+    """``format_help`` run with :func:`_install_help_layout` done first (rich is imported only
+    when help is shown)."""
+    def wrapped(ctx, formatter):
+        _install_help_layout()
+        return format_help(ctx, formatter)
+    return wrapped
+
+
+def _install_help_layout() -> None:
+    """Make Typer's rich help keep option names whole in a narrow terminal.
+
+    Typer (0.29) lays an option out in separate table columns (long names, short names,
+    ``--no-`` names, type, help) that rich shrinks alike when the terminal is narrow, so at 80
+    columns ``--space-after-newline`` became ``--space-after-n…``. Here each row's names are
+    one cell, ``-n, --max-tokens`` with the ``--no-`` form on a line below, in a column as
+    wide as its longest name that never wraps; the help column takes what is left and folds
+    a long word (a default such as ``no-space-after-newline``) instead of cutting it. The
+    commands table (two cells a row) is left as it is. Idempotent; a Typer without
+    ``rich_utils.Table`` keeps its own layout.
+    """
+    try:
+        import typer.rich_utils as rich_utils
+        from rich.text import Text
+    except ImportError:  # pragma: no cover - Typer without rich
+        return
+    base = getattr(rich_utils, "Table", None)
+    if base is None or getattr(base, "_llmcli_layout", False):
+        return
+
+    def names(short, long, highlight) -> Text:
+        """``"-n, --max-tokens"`` from Typer's ``","``-joined cells, highlighted as Typer does."""
+        plain = [name for cell in (short, long) for name in str(cell or "").split(",") if name]
+        return highlight(", ".join(plain))
+
+    class OptionsTable(base):
+        _llmcli_layout = True
+
+        def add_row(self, *cells, **kwargs):
+            if len(cells) not in (6, 7):  # not an options/arguments row
+                return super().add_row(*cells, **kwargs)
+            lead, (long, short, neg_long, neg_short, types, help_) = cells[:-6], cells[-6:]
+            cell = names(short, long, rich_utils.highlighter)
+            negative = names(neg_short, neg_long, rich_utils.negative_highlighter)
+            if negative.plain:
+                cell.append("\n")
+                cell.append_text(negative)
+            for item in getattr(help_, "renderables", [help_]):
+                if isinstance(item, Text):
+                    item.overflow = "fold"
+            super().add_row(*lead, cell, types, help_, **kwargs)
+            column = self.columns[len(lead)]
+            column.no_wrap = True
+            column.width = max([column.width or 0] + [len(line) for line in cell.plain.split("\n")])
+
+    rich_utils.Table = OptionsTable
 
 
 def main() -> None:

@@ -10,8 +10,8 @@ from typing import Annotated, Callable, Optional
 
 import typer
 
-from llmcli.cli.common import (DeviceOpt, DtypeOpt, ModelOpt, ThreadsOpt, resolve_model_dir,
-                               set_threads, stderr_console)
+from llmcli.cli.common import (CtxSizeOpt, DeviceOpt, DtypeOpt, ModelOpt, ThreadsOpt,
+                               resolve_context, resolve_model_dir, set_threads, stderr_console)
 from llmcli.cli.quant_option import QuantOpt
 from llmcli.cli.sampling_options import (MaxTokensOpt, MinPOpt, RepeatPenaltyOpt, SeedOpt,
                                          StatsOpt, StopOpt, TempOpt, TopKOpt, TopPOpt,
@@ -41,6 +41,7 @@ def chat_command(
     repeat_penalty: RepeatPenaltyOpt = 1.0,
     seed: SeedOpt = None,
     stop: StopOpt = None,
+    ctx_size: CtxSizeOpt = None,
     dtype: DtypeOpt = "auto",
     quant: QuantOpt = None,
     device: DeviceOpt = "cpu",
@@ -75,7 +76,7 @@ def chat_command(
     template = load_chat_template(model_dir)
     err = stderr_console()
     session = ChatSession(model_dir, template, system, params, max_tokens, stop or [],
-                          dtype=dtype, device=device, threads=threads,
+                          dtype=dtype, device=device, threads=threads, ctx_size=ctx_size,
                           warn=lambda m: err.print(f"warning: {m}", markup=False))
     interactive = _is_tty(sys.stdin)
     reader = _terminal_reader() if interactive else _piped_reader(sys.stdin)
@@ -98,7 +99,8 @@ class ChatSession:
 
     def __init__(self, model_dir: Path, template, system: str | None, params, max_tokens: int,
                  stop: list[str], dtype: str = "auto", device: str = "cpu",
-                 threads: int | None = None, warn: Callable[[str], None] | None = None) -> None:
+                 threads: int | None = None, warn: Callable[[str], None] | None = None,
+                 ctx_size: int | None = None) -> None:
         from llmcli.chat import Conversation, end_of_turn
 
         self.conversation = Conversation(template, system)
@@ -114,7 +116,8 @@ class ChatSession:
 
         check_vocab_fit(self.tokenizer, self.config, warn)  # as every model command
         self.load_seconds = time.perf_counter() - t0
-        self.context = self.config.max_position_embeddings
+        # -c/--ctx-size, else the model's; named in messages by its option or config field
+        self.context, self.context_source = resolve_context(ctx_size, self.config)
         eos = list(self.config.eos_token_id) + list(getattr(self.tokenizer, "eos_ids", []) or [])
         self.end_of_turn = end_of_turn(template, self.tokenizer.token_to_id, eos)
         self.params = params
@@ -136,14 +139,17 @@ class ChatSession:
         """
         from llmcli.generation import Generation
 
-        reserve = max(1, min(self.max_tokens, self.context // 4))
-        ids, dropped = self.conversation.prompt(user, self.encode, self.context, reserve)
+        reply_room = self.context // 4  # -n -1: no limit, keep a quarter of the context
+        reserve = max(1, reply_room if self.max_tokens < 0 else min(self.max_tokens, reply_room))
+        ids, dropped = self.conversation.prompt(user, self.encode, self.context, reserve,
+                                                    context_source=self.context_source)
         params = self.params
         if params.seed is not None:
             params = dataclasses.replace(params, seed=(params.seed + self.turn) % 2**63)
         self.turn += 1
         gen = Generation(self.model, self.tokenizer, ids, params, self.max_tokens, stop=self.stop,
-                         eos_ids=self.end_of_turn.ids)
+                         eos_ids=self.end_of_turn.ids, context=self.context,
+                         context_source=self.context_source)
         return gen, dropped
 
     def record(self, text: str) -> None:

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from llmcli.errors import LLMCLIError, UsageError
+
+#: When this module was first imported (perf_counter seconds): the fallback start of
+#: :func:`seconds_since_process_start`.
+_IMPORTED_AT = time.perf_counter()
 
 ModelOpt = Annotated[Optional[Path], typer.Option(
     "-m", "--model", help="Model directory (HF layout). Default: $LLMCLI_MODEL, else the bundled model.",
@@ -18,7 +23,15 @@ DtypeOpt = Annotated[str, typer.Option(
     "--dtype", help="Compute dtype: auto|float32|bfloat16|float16 (auto = float32 on CPU).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or mps (when torch has them).")]
 ThreadsOpt = Annotated[Optional[int], typer.Option(
-    "--threads", help="CPU threads for torch (default: 1, which does not collapse on a busy machine).",
+    "-t", "--threads", help="CPU threads for torch (default: 1, which does not collapse on a busy machine).",
+    show_default=False)]
+PromptOpt = Annotated[Optional[str], typer.Option(
+    "-p", "--prompt", help="The prompt as an option (as llama.cpp's -p): the same as PROMPT; give one "
+                           "or the other.", show_default=False)]
+CtxSizeOpt = Annotated[Optional[int], typer.Option(
+    "-c", "--ctx-size", metavar="N",
+    help="Context length to use, in tokens (as llama.cpp's -c): at most the model's "
+         "(max_position_embeddings, n_positions for GPT-2); default or 0: the model's.",
     show_default=False)]
 
 
@@ -140,6 +153,73 @@ def _stdin_has_data() -> bool:
         ready, _, _ = select.select([sys.stdin], [], [], 0.05)
         return bool(ready)
     return False
+
+
+def pick_prompt(positional: str | None, option: str | None, name: str = "PROMPT") -> str | None:
+    """The prompt given as the ``name`` argument or as ``-p/--prompt`` (one of them, or neither).
+
+    Raises:
+        UsageError: both were given.
+    """
+    if positional is not None and option is not None:
+        raise UsageError(f"-p/--prompt: give the prompt once, as {name} or with -p/--prompt, not both")
+    return option if option is not None else positional
+
+
+def context_field(config) -> str:
+    """The config.json field that holds ``config``'s context length: ``max_position_embeddings``,
+    or ``n_positions`` for GPT-2 (what the family's file really calls it)."""
+    name = getattr(config, "_field_name", None)
+    return name("max_position_embeddings") if callable(name) else "max_position_embeddings"
+
+
+def context_phrase(context: int, source: str) -> str:
+    """``"the model's context of N tokens (max_position_embeddings)"``, or ``"the context of N
+    tokens (-c/--ctx-size)"`` when ``-c`` set it: for messages about what does not fit."""
+    whose = "the context" if source.startswith("-c") else "the model's context"
+    return f"{whose} of {context} tokens ({source})"
+
+
+def resolve_context(ctx_size: int | None, config) -> tuple[int, str]:
+    """``(context length, where it comes from)`` for ``-c/--ctx-size`` on a model ``config``.
+
+    ``None`` or 0 is the model's context length (``config.max_position_embeddings``), named by
+    its config.json field (:func:`context_field`); a smaller N is N, named ``-c/--ctx-size``.
+
+    Raises:
+        UsageError: N is negative or more than the model's context length (naming both).
+    """
+    model_context = config.max_position_embeddings
+    field = context_field(config)
+    if ctx_size is None or ctx_size == 0:
+        return model_context, field
+    if ctx_size < 0:
+        raise UsageError(f"-c/--ctx-size: must be >= 1 (or 0 = the model's {model_context}), "
+                         f"got {ctx_size}")
+    if ctx_size > model_context:
+        raise UsageError(f"-c/--ctx-size: {ctx_size} is more than the model's context of "
+                         f"{model_context} tokens ({field} in config.json)")
+    return ctx_size, "-c/--ctx-size"
+
+
+def seconds_since_process_start() -> float:
+    """Wall-clock seconds since this process started: interpreter start-up and every import
+    (torch's included) count.
+
+    Linux: from the start time in ``/proc/self/stat`` (clock ticks since boot, usually 10 ms)
+    against ``CLOCK_BOOTTIME``; elsewhere, or when that reading is implausible, from when
+    :mod:`llmcli.cli.common` was first imported (before torch, which is imported later).
+    """
+    try:
+        with open("/proc/self/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")   # field 22: starttime
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - started
+        if 0 <= age and age >= time.perf_counter() - _IMPORTED_AT - 0.05:
+            return age
+    except (OSError, ValueError, IndexError, AttributeError):
+        pass
+    return time.perf_counter() - _IMPORTED_AT
 
 
 def set_threads(threads: int | None) -> int:

@@ -4,25 +4,27 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from typing import Annotated, Optional
 
 import typer
 
-from llmcli.cli.common import (DeviceOpt, DtypeOpt, ModelOpt, ThreadsOpt, read_prompt,
-                               resolve_model_dir, set_threads, stderr_console)
+from llmcli.cli.common import (CtxSizeOpt, DeviceOpt, DtypeOpt, ModelOpt, PromptOpt, ThreadsOpt,
+                               context_phrase, pick_prompt, read_prompt, resolve_context,
+                               resolve_model_dir, seconds_since_process_start, set_threads,
+                               stderr_console)
 from llmcli.cli.quant_option import QuantOpt
 from llmcli.cli.sampling_options import (MaxTokensOpt, MinPOpt, RepeatPenaltyOpt, SeedOpt,
                                          StatsOpt, StopOpt, TempOpt, TopKOpt, TopPOpt,
                                          sampling_params)
 from llmcli.errors import UsageError
-from llmcli.render import make_stdout_safe
+from llmcli.render import make_stdout_safe, write_json
 
 
 def generate_command(
     prompt: Annotated[Optional[str], typer.Argument(
         help="Prompt text; '-' or absent reads stdin (when piped). With both, the argument comes "
              "first, then a newline, then stdin.", show_default=False)] = None,
+    prompt_opt: PromptOpt = None,
     model: ModelOpt = None,
     max_tokens: MaxTokensOpt = 200,
     temp: TempOpt = 0.8,
@@ -32,6 +34,7 @@ def generate_command(
     repeat_penalty: RepeatPenaltyOpt = 1.0,
     seed: SeedOpt = None,
     stop: StopOpt = None,
+    ctx_size: CtxSizeOpt = None,
     dtype: DtypeOpt = "auto",
     quant: QuantOpt = None,
     device: DeviceOpt = "cpu",
@@ -63,17 +66,28 @@ def generate_command(
                               "terminal, '|' between tokens when piped).")] = False,
     json_out: Annotated[bool, typer.Option(
         "--json", help='Print one JSON object per generated token and line: {"id", "piece", "text", '
-                       '"logprob", "top_logprobs": [{"id", "piece", "logprob"}]}.')] = False,
+                       '"logprob", "top_logprobs": [{"id", "piece", "logprob"}]}, then a last '
+                       'line {"done": true, "stop", "seed", "tokens", timings} (see below).')] = False,
 ) -> None:
     """Generate text that continues PROMPT, streaming tokens as they are produced.
 
     Sampling filters apply in this order: repeat penalty → temperature → top-k → top-p → min-p.
+    -n -1 generates until an end-of-sequence token or the context (-c) is full.
+
+    JSON (--json): one line per generated token, {"id", "piece", "text", "logprob",
+    "top_logprobs": [{"id", "piece", "logprob"}]}, then one last line {"done": true, "stop":
+    "eos" | "max_tokens" | "stop" | "context" | "interrupted", "seed", "tokens" (generated),
+    "prompt_tokens", "load_seconds" (from process start), "prefill_seconds",
+    "first_token_seconds", "decode_seconds", "decode_tokens_per_second" (null below 2
+    tokens)}. Ctrl-C writes that last line too, with "stop": "interrupted", and exits 130.
 
     Examples:
 
-        llmcli generate "ROMEO:" -n 60
+        llmcli generate "To be, or not to be, that is the question:" -n 66 -s 1
 
         llmcli generate "ROMEO:" --temp 0 --stop "JULIET" --stats
+
+        llmcli generate -p "ROMEO:" -n -1 -c 128 -t 2 --json
 
         echo "To be, or not to be" | llmcli generate -m path/to/llama-dir -s 42
 
@@ -82,6 +96,7 @@ def generate_command(
         llmcli generate -m smol --chat "What is 2+2?" --system "Answer briefly." --temp 0
     """
     params = sampling_params(temp, top_k, top_p, min_p, repeat_penalty, seed, max_tokens)
+    prompt = pick_prompt(prompt, prompt_opt)
     if chat is not None:
         _check_chat_options(prompt, no_bos, special)
     elif system is not None:
@@ -105,7 +120,8 @@ def generate_command(
                  dtype=dtype, device=device, threads=threads,
                  add_bos=False if no_bos or template else None, special=special or bool(template),
                  echo=echo, show_stats=stats, top_logprobs=top_logprobs, show_tokens=show_tokens,
-                 json_out=json_out, chat_template=template, ignore_eos=ignore_eos)
+                 json_out=json_out, chat_template=template, ignore_eos=ignore_eos,
+                 ctx_size=ctx_size)
 
 
 def _check_chat_options(prompt: str | None, no_bos: bool, special: bool) -> None:
@@ -122,7 +138,8 @@ def _check_chat_options(prompt: str | None, no_bos: bool, special: bool) -> None
 def run_generate(text: str, model_dir, params, max_tokens: int, stop: list[str], dtype: str,
                  device: str, threads: int | None, add_bos: bool | None, echo: bool, show_stats: bool,
                  top_logprobs: int = 0, show_tokens: bool = False, json_out: bool = False,
-                 special: bool = False, chat_template=None, ignore_eos: bool = False) -> None:
+                 special: bool = False, chat_template=None, ignore_eos: bool = False,
+                 ctx_size: int | None = None) -> None:
     """Load, generate and stream to stdout; notices and stats go to stderr.
 
     ``add_bos``/``special``: as :meth:`llmcli.tokenizer.Tokenizer.encode` (``None`` = the
@@ -132,12 +149,18 @@ def run_generate(text: str, model_dir, params, max_tokens: int, stop: list[str],
     ``--chat``): generation also stops at its end-of-turn tokens (and at turn markers that are
     not tokens, as text), and a prompt longer than the context is an error naming ``--chat``.
 
-    ``top_logprobs``/``show_tokens``/``json_out``: see :class:`_TokenView` (inspection output).
+    ``top_logprobs``/``show_tokens``/``json_out``: see :class:`_TokenView` (inspection output);
+    with ``json_out`` a last record :func:`done_record` follows the tokens (also after Ctrl-C).
+
+    ``ctx_size``: ``-c/--ctx-size`` (see :func:`llmcli.cli.common.resolve_context`).
+    ``max_tokens`` -1: no limit (until EOS or the context is full).
+
+    The ``--stats`` "load" time is the wall time from process start (interpreter, imports of
+    torch and the rest, weights, tokenizer) to a loaded model.
     """
     from rich.text import Text
 
     err = stderr_console()
-    t0 = time.perf_counter()
     set_threads(threads)
     from llmcli.generation import STOP_CONTEXT, STOP_STRING, Generation
     from llmcli.tokenizer import load_tokenizer
@@ -151,7 +174,8 @@ def run_generate(text: str, model_dir, params, max_tokens: int, stop: list[str],
     from llmcli.checks import check_vocab_fit
 
     check_vocab_fit(tokenizer, config, warn=lambda m: err.print(f"warning: {m}", markup=False))
-    load_seconds = time.perf_counter() - t0
+    context, context_source = resolve_context(ctx_size, config)
+    load_seconds = seconds_since_process_start()
     prompt_ids = tokenizer.encode(text, add_bos=add_bos, special=special)
     eos_ids = tokenizer.eos_ids
     if chat_template is not None:
@@ -159,17 +183,17 @@ def run_generate(text: str, model_dir, params, max_tokens: int, stop: list[str],
 
         turn_end = end_of_turn(chat_template, tokenizer.token_to_id, eos_ids)
         eos_ids, stop = turn_end.ids, list(stop) + turn_end.strings
-        if len(prompt_ids) > config.max_position_embeddings:
+        if len(prompt_ids) > context:
             from llmcli.errors import LLMCLIError
             raise LLMCLIError(f"--chat: the conversation is {len(prompt_ids)} tokens through the chat "
-                              f"template, longer than the model's context of "
-                              f"{config.max_position_embeddings} tokens (max_position_embeddings)")
+                              f"template, longer than {context_phrase(context, context_source)}")
     if top_logprobs > config.vocab_size:
         raise UsageError(f"--top-logprobs: {top_logprobs} is more than the vocabulary ({config.vocab_size})")
     view = _TokenView(tokenizer, top_logprobs, show_tokens, json_out)
     gen = Generation(model, tokenizer, prompt_ids, params, max_tokens, stop=stop,
                      eos_ids=[] if ignore_eos else eos_ids,
-                     top_logprobs=top_logprobs, logprobs=view.wants_logprobs)
+                     top_logprobs=top_logprobs, logprobs=view.wants_logprobs,
+                     context=context, context_source=context_source)
 
     out = sys.stdout
     make_stdout_safe()
@@ -194,7 +218,10 @@ def run_generate(text: str, model_dir, params, max_tokens: int, stop: list[str],
                 out.flush()
                 ended_with_newline = event.text.endswith("\n")
     except KeyboardInterrupt:
-        out.write("\n")
+        if json_out:  # a last record, and no stray line: stdout stays JSON lines
+            write_json(done_record(gen.stats, load_seconds, interrupted=True), out)
+        elif tty and not ended_with_newline:
+            out.write("\n")  # the shell's prompt on its own line; a pipe gets only the text
         out.flush()
         err.print("[interrupted]", markup=False)
         raise typer.Exit(130)
@@ -207,15 +234,36 @@ def run_generate(text: str, model_dir, params, max_tokens: int, stop: list[str],
     out.flush()
     view.finish(out, ended_with_newline)
     st = gen.stats
+    if json_out:
+        write_json(done_record(st, load_seconds), out)
     if st.stop_reason == STOP_STRING:
         err.print("[stopped: --stop string generated]", markup=False)
     elif st.stop_reason == STOP_CONTEXT:
-        err.print(f"[stopped: context length of {config.max_position_embeddings} tokens reached]", markup=False)
+        err.print(f"[stopped: context length of {context} tokens reached ({context_source})]",
+                  markup=False)
     if show_stats:
         err.print(f"load {load_seconds:.2f} s | prompt {st.prompt_tokens} tokens | "
                   f"first token {st.first_token_seconds * 1000:.1f} ms | generated {st.generated_tokens} tokens | "
                   f"decode {st.decode_tokens_per_second:.1f} tokens/s | stop: {st.stop_reason} | seed {st.seed}",
                   markup=False)
+
+
+def done_record(stats, load_seconds: float, interrupted: bool = False) -> dict:
+    """The last ``--json`` line: ``{"done": true, "stop", "seed", "tokens", "prompt_tokens",
+    "load_seconds", "prefill_seconds", "first_token_seconds", "decode_seconds",
+    "decode_tokens_per_second"}`` from a :class:`llmcli.generation.GenerationStats` (seconds;
+    tokens/s; ``stop`` is ``"interrupted"`` after Ctrl-C; a rate that is not defined, below 2
+    tokens, is ``None``)."""
+    import math
+
+    rate = stats.decode_tokens_per_second
+    return {"done": True, "stop": "interrupted" if interrupted else stats.stop_reason,
+            "seed": stats.seed, "tokens": stats.generated_tokens,
+            "prompt_tokens": stats.prompt_tokens, "load_seconds": round(load_seconds, 4),
+            "prefill_seconds": round(stats.prefill_seconds, 6),
+            "first_token_seconds": round(stats.first_token_seconds, 6),
+            "decode_seconds": round(stats.decode_seconds, 6),
+            "decode_tokens_per_second": round(rate, 3) if math.isfinite(rate) else None}
 
 
 class _TokenView:

@@ -13,9 +13,11 @@ from typing import Annotated, Any, List, Optional
 
 import typer
 
-from llmcli.cli.common import (DeviceOpt, DtypeOpt, ModelOpt, ThreadsOpt, check_range, read_prompt,
+from llmcli.cli.common import (CtxSizeOpt, DeviceOpt, DtypeOpt, ModelOpt, ThreadsOpt, check_range,
+                               context_phrase, pick_prompt, read_prompt, resolve_context,
                                resolve_model_dir)
 from llmcli.cli.quant_option import QuantOpt
+from llmcli.cli.sampling_options import MinPOpt, RepeatPenaltyOpt, TopKOpt, TopPOpt
 from llmcli.errors import LLMCLIError, UsageError
 
 TextArg = Annotated[Optional[str], typer.Argument(
@@ -43,6 +45,18 @@ SaveHtmlOpt = Annotated[Optional[Path], typer.Option(
     show_default=False, metavar="FILE.html")]
 PictureForceOpt = Annotated[bool, typer.Option(
     "--force", help="With --save-svg/--save-html: replace the file if it exists (a regular file only).")]
+TextPromptOpt = Annotated[Optional[str], typer.Option(
+    "-p", "--prompt", help="The text as an option (as llama.cpp's -p): the same as TEXT; give one "
+                           "or the other.", show_default=False)]
+RowsOpt = Annotated[int, typer.Option(
+    "-r", "--rows", metavar="N", help="How many candidates (table rows) to show.")]
+#: The old name of --rows (before --top-k existed here): accepted, not listed.
+OldRowsOpt = Annotated[Optional[int], typer.Option("-k", "--k", hidden=True, show_default=False)]
+# tokenize, detokenize and info never load weights (nor torch): these model options are still
+# accepted (and checked) so that scripts passing them everywhere keep working, but not listed.
+UnusedDtypeOpt = Annotated[str, typer.Option("--dtype", hidden=True)]
+UnusedDeviceOpt = Annotated[str, typer.Option("--device", hidden=True)]
+UnusedThreadsOpt = Annotated[Optional[int], typer.Option("--threads", hidden=True, show_default=False)]
 
 
 # ----------------------------------------------------------------------------- loading
@@ -54,6 +68,8 @@ class _Loaded:
     text: str
     ids: list[int]
     model: Any = None
+    context: int = 0
+    context_source: str = "max_position_embeddings"
 
 
 def _check_light_options(dtype: str, threads: int | None) -> None:
@@ -83,15 +99,29 @@ def _context_length(model_dir: Path) -> int | None:
         return None
 
 
+def _rows(rows: int, old: int | None, default: int) -> tuple[int, str]:
+    """``(rows, the option's name for messages)``: --rows, or its old name -k/--k."""
+    if old is None:
+        return rows, "-r/--rows"
+    if rows != default:
+        raise UsageError("-r/--rows: given twice (also as its old name -k/--k)")
+    return old, "-k"
+
+
 def _prepare(text_arg: str | None, model: Path | None, dtype: str, threads: int | None,
-             no_bos: bool, special: bool = False) -> _Loaded:
-    """Read the text, load tokenizer and config, encode and check the tokens fit (no weights yet)."""
+             no_bos: bool, special: bool = False, prompt_opt: str | None = None,
+             ctx_size: int | None = None) -> _Loaded:
+    """Read the text (TEXT or -p/--prompt), load tokenizer and config, encode and check the
+    tokens fit the context (-c/--ctx-size, else the model's); no weights yet.
+
+    ``_Loaded.context`` is the context length to use, ``context_source`` what sets it."""
     from llmcli.models import load_config
 
     _check_light_options(dtype, threads)
-    text = read_prompt(text_arg)
+    text = read_prompt(pick_prompt(text_arg, prompt_opt, "TEXT"))
     model_dir, tokenizer = _tokenizer(model)
     config = load_config(model_dir / "config.json")
+    context, source = resolve_context(ctx_size, config)
     from llmcli.checks import check_vocab_fit
 
     check_vocab_fit(tokenizer, config, warn=lambda m: _note(f"warning: {m}"))
@@ -99,11 +129,9 @@ def _prepare(text_arg: str | None, model: Path | None, dtype: str, threads: int 
     if not ids:
         raise UsageError("TEXT: gives no tokens (empty text with --no-bos): nothing to run the model on"
                          if no_bos else "TEXT: gives no tokens and the tokenizer adds no BOS token")
-    context = config.max_position_embeddings
     if len(ids) > context:
-        raise LLMCLIError(f"TEXT: {len(ids)} tokens is longer than the model's context of {context} "
-                          "tokens (max_position_embeddings)")
-    return _Loaded(model_dir, tokenizer, config, text, ids)
+        raise LLMCLIError(f"TEXT: {len(ids)} tokens is longer than {context_phrase(context, source)}")
+    return _Loaded(model_dir, tokenizer, config, text, ids, context=context, context_source=source)
 
 
 def _load_weights(ctx: _Loaded, dtype: str, device: str, threads: int | None) -> _Loaded:
@@ -172,15 +200,16 @@ def _metadata(ctx: _Loaded, **extra: Any) -> dict[str, str]:
 # ----------------------------------------------------------------------------- tokenize
 def tokenize_command(
     text: TextArg = None,
+    prompt_opt: TextPromptOpt = None,
     model: ModelOpt = None,
     ids: Annotated[bool, typer.Option("--ids", help="Print only the token ids, space-separated.")] = False,
     count: Annotated[bool, typer.Option("--count", help="Print only the number of tokens.")] = False,
     no_bos: NoBosOpt = False,
     special: SpecialOpt = False,
     json_out: JsonOpt = False,
-    dtype: DtypeOpt = "auto",
-    device: DeviceOpt = "cpu",
-    threads: ThreadsOpt = None,
+    dtype: UnusedDtypeOpt = "auto",
+    device: UnusedDeviceOpt = "cpu",
+    threads: UnusedThreadsOpt = None,
 ) -> None:
     """Split TEXT into tokens: position, id, piece, exact bytes, kind.
 
@@ -213,7 +242,7 @@ def tokenize_command(
     if sum([ids, count, json_out]) > 1:
         raise UsageError("--ids, --count and --json: choose one")
     _check_light_options(dtype, threads)
-    source = read_prompt(text)
+    source = read_prompt(pick_prompt(text, prompt_opt, "TEXT"))
     model_dir, tokenizer = _tokenizer(model)
     result = tokenize_text(tokenizer, source, add_bos=False if no_bos else None, special=special)
     result.context_length = _context_length(model_dir)
@@ -234,9 +263,9 @@ def detokenize_command(
         "--special", help="Print control and special tokens as their text (<s>, <|im_end|>) "
                           "instead of nothing.")] = False,
     json_out: JsonOpt = False,
-    dtype: DtypeOpt = "auto",
-    device: DeviceOpt = "cpu",
-    threads: ThreadsOpt = None,
+    dtype: UnusedDtypeOpt = "auto",
+    device: UnusedDeviceOpt = "cpu",
+    threads: UnusedThreadsOpt = None,
 ) -> None:
     """Turn token ids back into text (the inverse of tokenize).
 
@@ -248,7 +277,7 @@ def detokenize_command(
 
     Examples:
 
-        llmcli detokenize 1 450 4996 17354
+        llmcli detokenize 1 436 310 1979 534 333 295 310
 
         llmcli tokenize --ids "ROMEO:" | llmcli detokenize
 
@@ -271,6 +300,7 @@ def detokenize_command(
 # ----------------------------------------------------------------------------- embeddings
 def embeddings_command(
     text: TextArg = None,
+    prompt_opt: TextPromptOpt = None,
     model: ModelOpt = None,
     layer: Annotated[int, typer.Option(
         "--layer", help="Hidden state after L blocks: 0 = embedding output, N = num_hidden_layers = "
@@ -287,6 +317,7 @@ def embeddings_command(
     no_bos: NoBosOpt = False,
     special: SpecialOpt = False,
     json_out: JsonOpt = False,
+    ctx_size: CtxSizeOpt = None,
     dtype: DtypeOpt = "auto",
     quant: QuantOpt = None,
     device: DeviceOpt = "cpu",
@@ -309,7 +340,7 @@ def embeddings_command(
     """
     from llmcli.inspection.tensors import check_writable
 
-    ctx = _prepare(text, model, dtype, threads, no_bos, special)
+    ctx = _prepare(text, model, dtype, threads, no_bos, special, prompt_opt, ctx_size)
     n = ctx.config.num_hidden_layers
     if not 0 <= layer <= n:
         raise UsageError(f"--layer: {layer} is out of range [0, {n}] (0 = embedding output, "
@@ -337,6 +368,7 @@ def embeddings_command(
 # ----------------------------------------------------------------------------- logits
 def logits_command(
     text: TextArg = None,
+    prompt_opt: TextPromptOpt = None,
     model: ModelOpt = None,
     top: Annotated[int, typer.Option("--top", help="Show the N highest and the N lowest logits.",
                                      metavar="N")] = 10,
@@ -347,6 +379,7 @@ def logits_command(
     no_bos: NoBosOpt = False,
     special: SpecialOpt = False,
     json_out: JsonOpt = False,
+    ctx_size: CtxSizeOpt = None,
     dtype: DtypeOpt = "auto",
     quant: QuantOpt = None,
     device: DeviceOpt = "cpu",
@@ -368,7 +401,7 @@ def logits_command(
     """
     from llmcli.inspection.tensors import check_writable
 
-    ctx = _prepare(text, model, dtype, threads, no_bos, special)
+    ctx = _prepare(text, model, dtype, threads, no_bos, special, prompt_opt, ctx_size)
     check_range("--top", top, 1, ctx.config.vocab_size)
     if save is not None:
         check_writable(save, force=force)
@@ -388,33 +421,42 @@ def logits_command(
 # ----------------------------------------------------------------------------- topk
 def topk_command(
     text: TextArg = None,
+    prompt_opt: TextPromptOpt = None,
     model: ModelOpt = None,
-    k: Annotated[int, typer.Option("-k", "--k", help="How many candidates to show.")] = 10,
+    rows: RowsOpt = 10,
+    old_rows: OldRowsOpt = None,
     temp: Annotated[float, typer.Option("--temp", "--temperature",
                                         help="Temperature T: probabilities are softmax(logits / T).")] = 1.0,
-    top_p: Annotated[float, typer.Option("--top-p", help="Mark where top-p (nucleus) would cut (1 = off).")] = 0.95,
-    min_p: Annotated[float, typer.Option("--min-p", help="Mark where min-p would cut (0 = off).")] = 0.05,
+    top_k: TopKOpt = 0,
+    top_p: TopPOpt = 0.95,
+    min_p: MinPOpt = 0.05,
+    repeat_penalty: RepeatPenaltyOpt = 1.0,
     steps: Annotated[int, typer.Option("--steps", help="Repeat for N generated tokens (KV cache).",
                                        metavar="N")] = 1,
     seed: Annotated[Optional[int], typer.Option(
-        "-s", "--seed", help="Sample each step's token (temperature, top-p, min-p applied) with this "
-                             "seed; without it the arg-max is chosen (greedy).", show_default=False)] = None,
+        "-s", "--seed", help="Sample each step's token with this seed (the sampling options applied, "
+                             "as generate); without it the arg-max is chosen (greedy).",
+        show_default=False)] = None,
     no_bos: NoBosOpt = False,
     special: SpecialOpt = False,
     json_out: JsonOpt = False,
     save_svg: SaveSvgOpt = None,
     save_html: SaveHtmlOpt = None,
     force: PictureForceOpt = False,
+    ctx_size: CtxSizeOpt = None,
     dtype: DtypeOpt = "auto",
     quant: QuantOpt = None,
     device: DeviceOpt = "cpu",
     threads: ThreadsOpt = None,
 ) -> None:
-    """The k most likely next tokens: probability bars, logprob, cumulative probability.
+    """The most likely next tokens: probability bars, logprob, cumulative probability.
 
-    Marks where --top-p and --min-p would cut (the same filters generate uses; -k only sets how
-    many rows are shown) and gives the entropy in bits. With --steps N, repeats for N tokens,
-    each chosen greedily or, with --seed, sampled.
+    Takes generate's sampling options (--temp, --top-k, --top-p, --min-p, --repeat-penalty,
+    -s/--seed) and shows what they do: the probabilities are those after the repeat penalty
+    and the temperature, it marks where --top-p and --min-p cut and says how many tokens
+    sampling would draw from after all of them (--top-k included). -r/--rows only sets how
+    many rows are shown. Gives the entropy in bits. With --steps N, repeats for N tokens,
+    each chosen greedily or, with --seed, sampled as generate would.
 
     JSON (--json): {"steps": [{"candidates": [{"rank", "id", "piece", "logit", "prob", "logprob",
     "cumulative"}], "chosen": {"id", "piece", "prob", ...}, "entropy_bits", "top_p_keep",
@@ -424,9 +466,9 @@ def topk_command(
 
     Examples:
 
-        llmcli topk "ROMEO:" -k 8
+        llmcli topk "ROMEO:" --rows 8
 
-        llmcli topk "To be, or not to" --steps 5 --temp 0.8 -s 42
+        llmcli topk "To be, or not to" --steps 5 --temp 0.8 --top-k 40 -s 42
 
         llmcli topk "ROMEO:" --steps 3 --save-html topk.html
     """
@@ -435,22 +477,24 @@ def topk_command(
     if not 0 < temp < float("inf"):
         raise UsageError(f"--temp: must be a finite number > 0 (probabilities are softmax(logits / T)), "
                          f"got {temp}")
-    SamplingParams(temperature=temp, top_k=0, top_p=top_p, min_p=min_p, seed=seed).validate()
+    SamplingParams(temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p,
+                   repeat_penalty=repeat_penalty, seed=seed).validate()
+    k, rows_name = _rows(rows, old_rows, 10)
     if steps < 1:
         raise UsageError(f"--steps: must be at least 1, got {steps}")
     _check_pictures(save_svg, save_html, force)
-    ctx = _prepare(text, model, dtype, threads, no_bos, special)
-    check_range("-k", k, 1, ctx.config.vocab_size)
-    context = ctx.config.max_position_embeddings
+    ctx = _prepare(text, model, dtype, threads, no_bos, special, prompt_opt, ctx_size)
+    check_range(rows_name, k, 1, ctx.config.vocab_size)
+    context = ctx.context
     if len(ctx.ids) + steps - 1 > context:
-        raise UsageError(f"--steps: {len(ctx.ids)} prompt tokens + {steps - 1} generated exceed the "
-                         f"model's context of {context} tokens")
+        raise UsageError(f"--steps: {len(ctx.ids)} prompt tokens + {steps - 1} generated exceed "
+                         f"{context_phrase(context, ctx.context_source)}")
     _load_weights(ctx, dtype, device, threads)
     from llmcli.inspection.tensors import topk_report
 
     result = topk_report(ctx.model, ctx.tokenizer, ctx.ids, k, temperature=temp, top_p=top_p,
                          min_p=min_p, steps=steps, seed=seed,
-                         eos_ids=ctx.tokenizer.eos_ids)
+                         eos_ids=ctx.tokenizer.eos_ids, top_k=top_k, repeat_penalty=repeat_penalty)
     _save_pictures("topk", result, ctx.text, save_svg, save_html, force)
     _emit("topk", result, json_out)
 
@@ -459,9 +503,9 @@ def topk_command(
 def info_command(
     model: ModelOpt = None,
     json_out: JsonOpt = False,
-    dtype: DtypeOpt = "auto",
-    device: DeviceOpt = "cpu",
-    threads: ThreadsOpt = None,
+    dtype: UnusedDtypeOpt = "auto",
+    device: UnusedDeviceOpt = "cpu",
+    threads: UnusedThreadsOpt = None,
 ) -> None:
     """Describe a model directory: architecture, config, parameters, tensors, tokenizer.
 
@@ -488,8 +532,11 @@ def info_command(
 # ----------------------------------------------------------------------------- trace
 def trace_command(
     text: TextArg = None,
+    prompt_opt: TextPromptOpt = None,
     model: ModelOpt = None,
-    k: Annotated[int, typer.Option("-k", "--k", help="Candidates shown per stage (logit lens, softmax).")] = 5,
+    rows: Annotated[int, typer.Option(
+        "-r", "--rows", metavar="N", help="Candidates shown per stage (logit lens, softmax).")] = 5,
+    old_rows: OldRowsOpt = None,
     temp: Annotated[float, typer.Option("--temp", "--temperature",
                                         help="Temperature of the softmax shown.")] = 1.0,
     attention: Annotated[Optional[int], typer.Option(
@@ -504,6 +551,7 @@ def trace_command(
     save_svg: SaveSvgOpt = None,
     save_html: SaveHtmlOpt = None,
     force: PictureForceOpt = False,
+    ctx_size: CtxSizeOpt = None,
     dtype: DtypeOpt = "auto",
     quant: QuantOpt = None,
     device: DeviceOpt = "cpu",
@@ -536,10 +584,11 @@ def trace_command(
         raise UsageError(f"--temp: must be a finite number > 0, got {temp}")
     if head is not None and attention is None:
         raise UsageError("--head: needs --attention L (the block whose heads to draw)")
+    k, rows_name = _rows(rows, old_rows, 5)
     _check_pictures(save_svg, save_html, force)
-    ctx = _prepare(text, model, dtype, threads, no_bos, special)
+    ctx = _prepare(text, model, dtype, threads, no_bos, special, prompt_opt, ctx_size)
     n, h = ctx.config.num_hidden_layers, ctx.config.num_attention_heads
-    check_range("-k", k, 1, ctx.config.vocab_size)
+    check_range(rows_name, k, 1, ctx.config.vocab_size)
     if attention is not None and not 0 <= attention < n:
         raise UsageError(f"--attention: {attention} is out of range [0, {n - 1}] (blocks are "
                          f"numbered from 0, as model.layers.L)")

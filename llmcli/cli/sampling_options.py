@@ -13,7 +13,10 @@ import typer
 
 from llmcli.errors import UsageError
 
-MaxTokensOpt = Annotated[int, typer.Option("-n", "--max-tokens", help="Most tokens to generate.")]
+MaxTokensOpt = Annotated[int, typer.Option(
+    "-n", "--max-tokens",
+    help="Most tokens to generate; -1 = until end of sequence or the context is full (as "
+         "llama.cpp's -n -1).")]
 TempOpt = Annotated[float, typer.Option("--temp", "--temperature", help="Temperature; 0 = greedy.")]
 TopKOpt = Annotated[int, typer.Option("--top-k", help="Keep the k most likely tokens (0 = off).")]
 TopPOpt = Annotated[float, typer.Option(
@@ -41,6 +44,7 @@ def sampling_params(temp: float, top_k: int, top_p: float, min_p: float, repeat_
     params = SamplingParams(temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p,
                             repeat_penalty=repeat_penalty, seed=seed)
     params.validate()
-    if max_tokens < 0:
-        raise UsageError(f"--max-tokens: must be >= 0, got {max_tokens}")
+    if max_tokens < -1:
+        raise UsageError(f"-n/--max-tokens: must be >= 0, or -1 for no limit (until end of sequence "
+                         f"or the context is full), got {max_tokens}")
     return params

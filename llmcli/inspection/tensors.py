@@ -22,8 +22,8 @@ from llmcli.checks import require_finite
 from llmcli.config import ROPE_POSITION_NOTE
 from llmcli.errors import LLMCLIError
 from llmcli.models.common import Capture
-from llmcli.sampling import (Sampler, SamplingParams, apply_min_p, apply_temperature, apply_top_p,
-                             filter_logits)
+from llmcli.sampling import (Sampler, SamplingParams, apply_min_p, apply_repeat_penalty,
+                             apply_temperature, apply_top_p, filter_logits)
 
 #: How position enters a Llama model (shown by ``embeddings`` and ``trace``); each family's
 #: own note is ``model.architecture.position_note``.
@@ -332,12 +332,13 @@ class TopkResult:
 
 
 def topk_step(tokenizer, logits: torch.Tensor, k: int, temperature: float, top_p: float,
-              min_p: float, position: int = 0) -> TopkStep:
+              min_p: float, position: int = 0, top_k: int = 0) -> TopkStep:
     """The distribution after one position (``logits`` (V,)), without choosing a token
-    (``chosen`` is filled by :func:`topk_report`)."""
+    (``chosen`` is filled by :func:`topk_report`); ``kept`` counts the tokens left after
+    top-k (0 = off), top-p and min-p."""
     scaled = apply_temperature(logits.float(), temperature)
     probs = torch.softmax(scaled.double(), dim=-1)
-    kept = filter_logits(logits, SamplingParams(temperature=temperature, top_k=0, top_p=top_p,
+    kept = filter_logits(logits, SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p,
                                                 min_p=min_p))
     return TopkStep(position=position, candidates=candidates(tokenizer, logits, k, temperature),
                     entropy_bits=entropy_bits(probs),
@@ -348,10 +349,14 @@ def topk_step(tokenizer, logits: torch.Tensor, k: int, temperature: float, top_p
 
 def topk_report(model, tokenizer, ids: list[int], k: int, temperature: float = 1.0,
                 top_p: float = 1.0, min_p: float = 0.0, steps: int = 1, seed: int | None = None,
-                eos_ids: list[int] | None = None) -> TopkResult:
+                eos_ids: list[int] | None = None, top_k: int = 0,
+                repeat_penalty: float = 1.0) -> TopkResult:
     """Top-k of softmax(logits / T) after the last token, then after each of ``steps - 1``
     generated tokens (greedy, or sampled by :class:`llmcli.sampling.Sampler` with the same
-    temperature, top-p and min-p when ``seed`` is given), using the KV cache.
+    temperature, top-k, top-p and min-p when ``seed`` is given), using the KV cache.
+
+    ``repeat_penalty`` (1 = off) is applied first, as generate does, to the logits of the ids
+    already in the context: the logits, probabilities and choice shown are the penalised ones.
 
     Raises:
         LLMCLIError: the prompt plus the steps do not fit the context.
@@ -362,8 +367,8 @@ def topk_report(model, tokenizer, ids: list[int], k: int, temperature: float = 1
         raise LLMCLIError(f"--steps: {len(ids)} prompt tokens + {steps - 1} generated ones exceed "
                           f"the model's context of {context} tokens")
     sampled = seed is not None
-    params = SamplingParams(temperature=temperature if sampled else 0.0, top_k=0, top_p=top_p,
-                            min_p=min_p, seed=seed)
+    params = SamplingParams(temperature=temperature if sampled else 0.0, top_k=top_k, top_p=top_p,
+                            min_p=min_p, seed=seed)  # the penalty is applied below, once
     sampler = Sampler(params)
     eos = set(eos_ids if eos_ids is not None else tokenizer.eos_ids)
     context_ids = list(ids)
@@ -377,7 +382,9 @@ def topk_report(model, tokenizer, ids: list[int], k: int, temperature: float = 1
         logits = model(x, cache=cache, last_only=True)[0, -1].float()          # (V,)
         require_finite(model, context_ids, logits, len(context_ids) - 1)
         for step in range(steps):
-            st = topk_step(tokenizer, logits, k, temperature, top_p, min_p, position=len(context_ids) - 1)
+            logits = apply_repeat_penalty(logits, context_ids, repeat_penalty)
+            st = topk_step(tokenizer, logits, k, temperature, top_p, min_p, position=len(context_ids) - 1,
+                           top_k=top_k)
             token = sampler(logits)
             logp = torch.log_softmax(apply_temperature(logits.double(), temperature), dim=-1)
             rank = int((logits > logits[token]).sum())
