@@ -301,6 +301,7 @@ def test_trace_pictures(cli, tmp_path):
 
     import torch
 
+    from llmcli import render
     from llmcli.inspection import tensors as T
     from llmcli.render import visible
     from llmcli.tokenizer import load_tokenizer
@@ -334,8 +335,8 @@ def test_trace_pictures(cli, tmp_path):
     body = html_text(html_doc)
     for row in grid["layers"]:
         for cell in row["positions"]:
-            piece = P._clip(visible(cell[0]["piece"]), P.MAX_CELL_CELLS)
-            assert piece in texts and piece in body
+            shown = f"{render.clip(visible(cell[0]['piece']), 8)} {cell[0]['prob']:.2f}"
+            assert shown in texts and shown in body
     for c in doc["top"]:
         assert f"{c['prob']:.4f}" in texts and f"{c['prob']:.4f}" in body
     # the heat map: a coloured cell for each query/key pair at or before the query, the rest empty

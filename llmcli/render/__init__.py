@@ -1219,12 +1219,14 @@ def trace_figure(result, text: str | None = None):
         panels.append(P.GridPanel(
             values=[[cell[0]["prob"] for cell in L["positions"]] for L in rows],
             row_labels=[L["name"] for L in rows], col_labels=cols,
-            texts=[[visible(cell[0]["piece"]) for cell in L["positions"]] for L in rows],
+            texts=[[f"{clip(visible(cell[0]['piece']), 8)} {cell[0]['prob']:.2f}" for cell in L["positions"]]
+                   for L in rows],
             tooltips=[[f"{L['name']} after position {start + j} ({visible(tokens[start + j]['piece'])}): "
                        + "  ".join(f"{visible(c['piece'])} {c['prob']:.3f}" for c in cell)
                        for j, cell in enumerate(L["positions"])] for L in rows],
             scale=P.probability_scale("probability of the top token"), row_header="block",
-            col_header="position (the token read); each cell: the logit lens's top next token",
+            col_header="position (the token read); each cell: the logit lens's top next token and its "
+                       "probability",
             title="logit lens: the next token each block's residual stream predicts"))
         if start:
             panels.append(P.NotePanel(f"positions {start}..{len(tokens) - 1} of {len(tokens)} shown"))

@@ -77,7 +77,7 @@ PAD = 16                         # margin around the figure and between panels
 FONT = "'DejaVu Sans Mono', Menlo, Consolas, 'Liberation Mono', ui-monospace, monospace"
 BAR_PX = 240                     # width of a full bar
 MAX_LABEL_CELLS = 24             # labels longer than this are clipped (full text in a tooltip)
-MAX_CELL_CELLS = 12              # grid cell texts longer than this are clipped
+MAX_CELL_CELLS = 14              # grid cell texts longer than this are clipped
 INK, MUTED, RULE, PAPER = "#1f2328", "#656d76", "#d0d7de", "#ffffff"
 
 FORMATS = ("svg", "html")
