@@ -54,14 +54,19 @@ def bucket_of(rank: int | None) -> str | None:
 class TokenScore:
     """One token of the text and how the model scored it (see the module docstring).
 
-    ``piece``: the vocabulary piece; ``bytes``: the exact bytes it stands for in the text
-    (``b""`` for BOS and other control tokens); ``top``: ``[(id, logprob, piece, bytes)]``,
+    ``piece``: the vocabulary piece; ``bytes``: the exact bytes it stands for
+    (:meth:`~llmcli.tokenizer.Tokenizer.token_bytes`: ``b""`` for BOS and other control
+    tokens; a sentencepiece word piece's ``▁`` as a space); ``text``: what it adds to the
+    decoded text (the tokenizer's streaming decoder: the normaliser undone, so no space
+    that the text does not have; ``""`` for a control token, and for a token ending inside
+    a character, which the token completing the character carries); ``top``: ``[(id, logprob, piece, bytes)]``,
     most likely first."""
 
     position: int
     id: int
     piece: str
     bytes: bytes
+    text: str = ""
     logprob: float | None = None
     rank: int | None = None
     entropy: float | None = None
@@ -144,9 +149,14 @@ def score_tokens(model, tokenizer, ids: list[int], *, context: int, stride: int 
                                else (f"<id {t}>", b""))
         return got
 
+    stream = tokenizer.stream()
+
     def row(j: int) -> TokenScore:
         t = int(ids[j])
-        return TokenScore(j, t, *piece(t))
+        text = stream.push(t) if 0 <= t < vocab else ""
+        if j == n - 1:
+            text += stream.flush()
+        return TokenScore(j, t, *piece(t), text=text)
 
     next_position = 0
     for positions, logits, targets in run_windows(model, ids, windows, batch, tokenizer.bos_id,

@@ -81,19 +81,29 @@ def perplexity_rich(r, con) -> None:
 
 # ----------------------------------------------------------------------------- score: data
 def token_text(t) -> str:
-    """The text a token stands for (its bytes as UTF-8, U+FFFD for part of a character); a
-    control token's piece (``<s>``) when it stands for no bytes."""
+    """The token as a string (OpenAI's ``token``): its bytes as UTF-8 (U+FFFD for part of a
+    character; a sentencepiece ``▁`` as a space); a control token's piece (``<s>``)."""
     return t.bytes.decode("utf-8", errors="replace") if t.bytes else t.piece
+
+
+def shown_text(t) -> str:
+    """What the listing shows for a token: the text it adds to the decoded text (spaces as
+    ``␣`` when there is nothing else), else (a control token, part of a character) its
+    piece."""
+    if t.text and not t.text.strip(" "):
+        return "␣" * len(t.text)
+    return t.text or t.piece
 
 
 def token_dict(t) -> dict:
     """One token of ``score --json``, OpenAI-style: ``token`` (its text), ``logprob`` (nats),
     ``bytes`` (ints), ``top_logprobs`` ([{token, logprob, bytes, id}]), and ``id``,
-    ``piece``, ``position``, ``rank``, ``bucket``, ``entropy`` (nats), ``entropy_bits``; the
+    ``piece``, ``text`` (what it adds to the decoded text), ``position``, ``rank``,
+    ``bucket``, ``entropy`` (nats), ``entropy_bits``; the
     first token's ``logprob``/``rank``/``bucket``/``entropy`` are null and its
     ``top_logprobs`` empty (nothing predicts it)."""
     return {"position": t.position, "id": t.id, "token": token_text(t), "piece": t.piece,
-            "bytes": list(t.bytes), "logprob": t.logprob, "rank": t.rank, "bucket": t.bucket,
+            "text": t.text, "bytes": list(t.bytes), "logprob": t.logprob, "rank": t.rank, "bucket": t.bucket,
             "entropy": t.entropy, "entropy_bits": t.entropy_bits,
             "top_logprobs": [{"token": (b.decode("utf-8", errors="replace") if b else p),
                               "logprob": lp, "bytes": list(b), "id": i}
@@ -116,58 +126,53 @@ class Span:
 
 
 class SpanCollector:
-    """Turns the stream of :class:`TokenScore` into :class:`Span` (keeping only those)."""
+    """Turns the stream of :class:`TokenScore` into :class:`Span` (keeping only those): each
+    token's decoded ``text``; a token that adds no text yet (it ends inside a character)
+    joins the next one, and the least likely of them colours the run."""
 
     def __init__(self) -> None:
         self.spans: list[Span] = []
         self._pending: list = []
-        self._bytes = b""
 
     def add(self, t) -> None:
-        if not t.bytes:
-            self._flush(force=True)
+        if not t.bytes:                       # BOS and other control tokens: their piece
+            self._flush("")
             self.spans.append(Span(t.piece, t.logprob, t.rank, t.bucket, True, t.position))
             return
         self._pending.append(t)
-        self._bytes += t.bytes
-        self._flush(force=len(self._bytes) > 8)
+        if t.text:
+            self._flush(t.text)
 
-    def _flush(self, force: bool = False) -> None:
+    def _flush(self, text: str) -> None:
         if not self._pending:
             return
-        try:
-            text = self._bytes.decode("utf-8")
-        except UnicodeDecodeError:
-            if not force:
-                return
-            text = self._bytes.decode("utf-8", errors="replace")
-        scored = [p for p in self._pending if p.logprob is not None]
-        worst = min(scored, key=lambda p: p.logprob) if scored else self._pending[0]
+        group, self._pending = self._pending, []
+        scored = [p for p in group if p.logprob is not None]
+        worst = min(scored, key=lambda p: p.logprob) if scored else group[0]
         self.spans.append(Span(text, worst.logprob, worst.rank, worst.bucket, False,
-                               self._pending[0].position, len(self._pending)))
-        self._pending, self._bytes = [], b""
+                               group[0].position, len(group)))
 
     def close(self) -> list[Span]:
-        self._flush(force=True)
+        self._flush("\ufffd" if self._pending else "")
         return self.spans
 
 
 # ----------------------------------------------------------------------------- score: plain
-_PLAIN_HEADER = (f"{'pos':>6}  {'id':>7}  {'token':<20}  {'logprob':>9}  {'prob':>7}  "
+_PLAIN_HEADER = (f"{'pos':>6}  {'id':>6}  {'token':<18}  {'logprob':>9}  {'prob':>7}  "
                  f"{'rank':>6}  {'H bits':>6}  bucket")
 
 
 def plain_line(t) -> str:
-    """One token as a fixed-width line (76 columns at most): position, id, the token's text
+    """One token as a fixed-width line (79 columns at most): position, id, the token's text
     (control characters escaped), logprob, probability, rank, entropy in bits, GLTR bucket;
     ``-`` where nothing predicts the token."""
-    shown = clip(visible(token_text(t)), 20)
-    shown = shown + " " * (20 - text_width(shown))
+    shown = clip(visible(shown_text(t)), 18)
+    shown = shown + " " * (18 - text_width(shown))
     if t.logprob is None:
-        return f"{t.position:>6}  {t.id:>7}  {shown}  {'-':>9}  {'-':>7}  {'-':>6}  {'-':>6}  -"
+        return f"{t.position:>6}  {t.id:>6}  {shown}  {'-':>9}  {'-':>7}  {'-':>6}  {'-':>6}  -"
     p = math.exp(t.logprob)
     prob = f"{p:>7.4f}" if p >= 1e-3 else f"{p:>7.1e}"
-    return (f"{t.position:>6}  {t.id:>7}  {shown}  {t.logprob:>9.4f}  {prob}  "
+    return (f"{t.position:>6}  {t.id:>6}  {shown}  {t.logprob:>9.4f}  {prob}  "
             f"{t.rank:>6}  {t.entropy_bits:>6.3f}  {t.bucket}")
 
 
@@ -197,7 +202,7 @@ class ScorePlainWriter:
         self.file.write(plain_line(t) + "\n")
 
     def close(self, summary) -> None:
-        self.file.write(summary_line(summary) + "\n")
+        self.file.write("\n".join(summary_parts(summary)) + "\n")
         self.file.flush()
 
 
