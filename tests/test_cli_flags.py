@@ -212,18 +212,29 @@ def test_torch_free_commands_do_not_import_torch(tmp_path):
 
 
 # ----------------------------------------------------------------------------- --stats load
+def _process_age() -> float:
+    """Seconds since this process started, from /proc (Linux; the test skips elsewhere)."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as f:
+            started = int(f.read().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
+        return time.clock_gettime(time.CLOCK_BOOTTIME) - started
+    except (OSError, AttributeError, ValueError, IndexError):
+        pytest.skip("needs /proc/self/stat and CLOCK_BOOTTIME")
+
+
 def test_stats_load_counts_from_process_start(cli):
     """In this process torch was imported long before: a load time from process start is at
     least this process's age when the test began (it was the model load alone before)."""
-    from llmcli.cli.common import seconds_since_process_start
-
-    age = seconds_since_process_start()
+    age = _process_age()
     assert age >= time.perf_counter() - IMPORTED
     code, out, err = cli("generate", "ROMEO:", "-n", "2", "--stats", "--json")
     assert code == 0, err
     load = float(re.search(r"load ([0-9.]+) s", err).group(1))
     assert load >= age - 0.01, (load, age)
     assert json_lines(out)[-1]["load_seconds"] >= age
+    from llmcli.cli.common import seconds_since_process_start
+
+    assert abs(seconds_since_process_start() - _process_age()) < 0.05
 
 
 # ----------------------------------------------------------------------------- --json
