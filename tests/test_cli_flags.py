@@ -384,3 +384,28 @@ def test_readme_first_command_prints_verse_as_shown(cli):
         code, out, _ = cli("generate", prompt, "-n", "60", "-s", str(seed))
         lists += _looks_like_a_list_of_persons(out)
     assert lists <= 1, lists
+
+
+# ----------------------------------------------------------------------------- chat -c and -n -1
+@pytest.fixture(scope="module")
+def chat_model(tmp_path_factory) -> Path:
+    pytest.importorskip("transformers")
+    from test_chat_cli import make_chat_dir
+
+    return make_chat_dir(tmp_path_factory.mktemp("chatflags"), max_position_embeddings=256)[0]
+
+
+def test_chat_ctx_size_and_no_reply_limit(cli, chat_model):
+    one_line_error(cli("chat", "-m", chat_model, "-c", "257", stdin="Hi\n"), 2,
+                   "-c/--ctx-size: 257 is more than the model's context of 256 tokens")
+    # -n -1: the reply runs until the context (-c 60) is full; the tiny model never says EOS
+    code, out, err = cli("chat", "-m", chat_model, "-c", "60", "-n", "-1", "--temp", "0",
+                         "--stats", stdin="Hi\n")
+    assert code == 0, err
+    assert "reply cut: context length of 60 tokens reached (-c/--ctx-size)" in err, err
+    generated = int(re.search(r"generated (\d+) tokens", err).group(1))
+    prompt = int(re.search(r"prompt (\d+) tokens", err).group(1))
+    assert prompt + generated == 61 and out.strip(), (prompt, generated)
+    line = one_line_error(cli("chat", "-m", chat_model, "-c", "20", stdin="Hi there, how are you\n"),
+                          1)
+    assert "the context of 20 tokens (-c/--ctx-size)" in line, line

@@ -219,7 +219,9 @@ def chat_loop(session, read_line: Callable[[], str | None], out, err, interactiv
                 continue
             return exc.exit_code
         if dropped:
-            notice(f"dropped the {dropped} oldest message{'s' * (dropped != 1)} to fit the model's "
+            whose = ("the" if getattr(session, "context_source", "").startswith("-c")
+                     else "the model's")
+            notice(f"dropped the {dropped} oldest message{'s' * (dropped != 1)} to fit {whose} "
                    f"context of {session.context} tokens")
         parts: list[str] = []
         interrupted = False
@@ -242,7 +244,8 @@ def chat_loop(session, read_line: Callable[[], str | None], out, err, interactiv
         elif st.stop_reason == STOP_MAX_TOKENS and session.max_tokens > 0:
             notice(f"reply cut at -n/--max-tokens {session.max_tokens}")
         elif st.stop_reason == STOP_CONTEXT:
-            notice(f"reply cut: context length of {session.context} tokens reached")
+            notice(f"reply cut: context length of {session.context} tokens reached"
+                   + (" (-c/--ctx-size)" if getattr(session, "context_source", "").startswith("-c") else ""))
         elif st.stop_reason == STOP_STRING and not session.end_of_turn.strings:
             notice("stopped: --stop string generated")
         if show_stats and not interrupted:
