@@ -274,7 +274,8 @@ class Clock:
     def remaining(self, steps_left: int, evals_left: int) -> float:
         """Seconds until the run ends: the steps and evaluations left and the end, capped by
         the deadline."""
-        by_steps = steps_left * sum(self.steps[-20:]) / len(self.steps[-20:]) + evals_left * self.eval_s + self.end_s
+        recent = self.steps[-20:]
+        by_steps = steps_left * sum(recent) / len(recent) + evals_left * self.eval_s + self.end_s
         return max(0.0, min(self.left(), by_steps))
 
 
