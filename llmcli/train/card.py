@@ -150,7 +150,8 @@ sentencepiece BPE trained on the lines of the training works only: vocabulary
 
 AdamW (β=0.9/0.95, weight decay {s["weight_decay"]} on matrices), peak learning rate {s["lr"]}
 with {s["warmup_steps"]} warm-up steps then cosine decay to {s["min_lr"]} over {s["max_steps"]} steps
-or the {s["max_minutes"]:g}-minute time budget, whichever ends first,
+or the {s["max_minutes"]:g}-minute time budget of the whole run (training stops in time for the
+final evaluation, these samples and writing), whichever ends first,
 batch {s["batch_size"]} × {s["context"]} tokens, residual and embedding dropout {s["dropout"]},
 gradient clipping 1.0, seed {s["seed"]}, {s["threads"]} torch threads, {precision}. Evaluation every
 {s["eval_interval"]} steps; the weights with the best validation loss are kept (early stopping
