@@ -19,10 +19,10 @@ Pairs compared (same blocks where it says "same"):
   llama.cpp as it is, and by llmcli through ``llmcli convert --quant keep`` (its Q4_1 and
   Q8_0 blocks kept), beside llmcli float32 (``convert`` to float32).
 
-Perplexity (``--ppl FILE``): llmcli's perplexity of FILE (default
-``/usr/share/common-licenses/GPL-3``) in float32 and each quantized mode, for SmolLM2 and the
-bundled model, in windows of ``--ppl-ctx`` tokens (non-overlapping; every token after a
-window's first is scored); prints a Markdown table.
+Perplexity (``--ppl FILE``): ``llmcli perplexity --rule llama.cpp -c 512`` of FILE (default
+``/usr/share/common-licenses/GPL-3``) in float32 and each ``--quant`` mode, for the bundled
+model and SmolLM2 (float32 = its Q4_1 GGUF dequantized; also the kept blocks, and llama.cpp's
+``llama-perplexity`` on the GGUF when built); prints a Markdown table.
 
     python benchmarks/bench_quant.py                      # decode, both models, 3 rounds
     python benchmarks/bench_quant.py --models smollm2 --rounds 5
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import statistics
@@ -128,7 +127,7 @@ def requantize_gguf(src: Path, out: Path, kind: str) -> None:
 
 
 def llmcli_convert(gguf: Path, out: Path, *extra: str) -> None:
-    r = subprocess.run([sys.executable, "-m", "llmcli", "convert", str(gguf), "-o", str(out), *extra],
+    r = subprocess.run([sys.executable, "-m", "llmcli", "convert", str(gguf), str(out), *extra],
                        cwd=REPO, capture_output=True, text=True)
     if r.returncode != 0:
         raise SystemExit(f"llmcli convert {gguf.name} {' '.join(extra)}: {r.stderr.strip()}")
@@ -265,57 +264,55 @@ def bench(args) -> None:
 
 
 # ----------------------------------------------------------------------------- perplexity
-def perplexity(model, ids: list[int], ctx: int) -> tuple[float, int]:
-    """exp(mean negative log-likelihood) over non-overlapping windows of ``ctx`` tokens
-    (each window's first token is context only) → (perplexity, tokens scored)."""
-    import torch
+def llmcli_ppl(model_dir: Path, text: str, quant: str | None, ctx: int) -> dict:
+    """``llmcli perplexity --json --rule llama.cpp -c CTX`` (llama-perplexity's chunks)."""
+    cmd = [sys.executable, "-m", "llmcli", "perplexity", "-m", str(model_dir), "-c", str(ctx),
+           "--rule", "llama.cpp", "--json", "-t", "2", text]
+    r = subprocess.run(cmd + (["--quant", quant] if quant else []), cwd=REPO, capture_output=True,
+                       text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)}: {r.stderr.strip()}")
+    return json.loads(r.stdout)
 
-    nll, n = 0.0, 0
-    with torch.inference_mode():
-        for start in range(0, len(ids) - 1, ctx):
-            window = ids[start:start + ctx]
-            if len(window) < 2:
-                break
-            x = torch.tensor([window])
-            logp = torch.log_softmax(model(x)[0].float(), dim=-1)            # (T, V)
-            target = x[0, 1:]
-            nll -= logp[:-1].gather(1, target[:, None]).sum().item()
-            n += len(window) - 1
-    return math.exp(nll / n), n
+
+def llama_ppl(gguf: Path, text: str, ctx: int) -> float | None:
+    exe = ANCHORS / "bin" / "llama-perplexity"
+    if not exe.is_file():
+        return None
+    r = subprocess.run([str(exe), "-m", str(gguf), "-f", text, "-c", str(ctx), "-t", "2", "-b", str(ctx)],
+                       capture_output=True, text=True)
+    for line in reversed(r.stderr.splitlines()):
+        if "Final estimate: PPL =" in line:
+            return float(line.split("=")[1].split()[0])
+    return None
 
 
 def ppl(args) -> None:
-    sys.path.insert(0, str(REPO))
-    import torch
-
-    from llmcli.tokenizer import load_tokenizer
-    from llmcli.weights import load_model
-
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    text = Path(args.ppl).read_text(encoding="utf-8")
-    cache = Path(args.cache)
-    models = [("bundled (shakespeare, 5.3M)", REPO / "models" / "shakespeare", ["q8_0", "q4_0", "q4_1"])]
+    """The perplexity table (Markdown) of float32 and each quantized mode."""
+    text, cache = args.ppl, Path(args.cache)
+    models = [("bundled (shakespeare, 5.3M)", REPO / "models" / "shakespeare", None)]
     if SMOLLM2.is_file():
         pairs("smollm2", cache)
-        models.append(("SmolLM2-135M (f32 = its Q4_1 dequantized)", cache / "smollm2-135m-f32",
-                       ["q8_0", "q4_0", "q4_1"]))
-        models.append(("SmolLM2-135M Q4_1 GGUF blocks kept", cache / "smollm2-135m-q4_1-kept", ["stored"]))
-    print(f"\nperplexity of {args.ppl} ({len(text)} characters), windows of {args.ppl_ctx} tokens\n")
-    print("| model | mode | tokens | perplexity | vs float32 |")
-    print("|---|---|---|---|---|")
-    for label, model_dir, modes in models:
-        tok = load_tokenizer(model_dir)
-        ids = tok.encode(text, add_special_tokens=True) if hasattr(tok, "encode") else None
-        ids = ids[: args.ppl_tokens]
+        models.append(("SmolLM2-135M-Instruct", cache / "smollm2-135m-f32", cache / "smollm2-135m-q4_1-kept"))
+    print(f"\nperplexity of {text}: llmcli perplexity --rule llama.cpp -c {args.ppl_ctx} "
+          "(llama-perplexity's chunks)\n")
+    print("| model | weights | perplexity | vs float32 |")
+    print("|---|---|---|---|")
+    for label, model_dir, kept in models:
+        rows = [("float32", model_dir, None)] + [(m, model_dir, m) for m in ("q8_0", "q4_0", "q4_1")]
+        if kept is not None:
+            rows.append(("Q4_1 GGUF blocks kept (convert --quant keep)", kept, None))
         base = None
-        for mode in (["float32"] if modes != ["stored"] else []) + modes:
-            quant = None if mode in ("float32", "stored") else mode
-            model, _ = load_model(model_dir, quant=quant)
-            p, n = perplexity(model, ids, args.ppl_ctx)
-            base = p if mode == "float32" else base
-            rel = f"{(p / base - 1) * 100:+.2f} %" if base and mode != "float32" else ""
-            print(f"| {label} | {mode} | {n} | {p:.3f} | {rel} |", flush=True)
-            del model
+        for mode, d, quant in rows:
+            p = llmcli_ppl(d, text, quant, args.ppl_ctx)["perplexity"]
+            base = p if base is None else base
+            rel = "" if mode == "float32" else f"{(p / base - 1) * 100:+.1f} %"
+            print(f"| {label} | {mode} | {p:.3f} | {rel} |", flush=True)
+        if kept is not None:
+            ref = llama_ppl(SMOLLM2, text, args.ppl_ctx)
+            if ref is not None:
+                print(f"| {label} | llama.cpp llama-perplexity on the Q4_1 GGUF | {ref:.3f} | "
+                      f"{(ref / base - 1) * 100:+.1f} % |", flush=True)
 
 
 def main() -> None:
@@ -331,7 +328,6 @@ def main() -> None:
                     help="also compute the perplexity table on this text (default GPL-3)")
     ap.add_argument("--ppl-only", action="store_true", help="only the perplexity table")
     ap.add_argument("--ppl-ctx", type=int, default=512)
-    ap.add_argument("--ppl-tokens", type=int, default=8192, help="score at most this many tokens")
     args = ap.parse_args()
     if args.ppl_only and args.ppl is None:
         args.ppl = "/usr/share/common-licenses/GPL-3"

@@ -43,6 +43,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import os
+import subprocess
+
 import torch
 from torch import nn
 
@@ -323,13 +326,110 @@ def pack(qt: QuantTensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class QuantLinear(nn.Module):
-    """``y = x @ Wᵀ + b`` with W (N, K) held quantized (:func:`pack`); replaces an
-    ``nn.Linear`` of a loaded model. Input (..., K) in any float dtype; output (..., N) in the
-    input's dtype (computed in bfloat16 by the kernel, see the module docstring).
+    """``y = x @ Wᵀ + b`` with W (N, K) held quantized; replaces an ``nn.Linear`` of a loaded
+    model. Input (..., K) in any float dtype; output (..., N) in the input's dtype; ``bias``
+    (N,) stays float. Two kernels (:func:`kernel_name`), with the same interface:
 
-    Buffers ``packed`` (N, K'/2) uint8 and ``scale_zeros`` (K'/32, N, 2) bfloat16 may be views
-    of a fused matrix's (:func:`fuse`); ``bias`` (N,) stays float.
+    * :class:`BlockLinear`: llmcli's C kernel (``llmcli/quant_kernel.c``) on the stored
+      blocks as they are, activations quantized to int8 per block of 32 as llama.cpp does,
+      float32 output; used when a C compiler is found (built once into the cache);
+    * :class:`Int4PackLinear`: torch's ``_weight_int4pack_mm_for_cpu`` (bfloat16
+      activations and output); the fallback.
+
+    Build one with :meth:`from_quant`.
     """
+
+    scheme: str
+    in_features: int
+    out_features: int
+
+    @classmethod
+    def from_quant(cls, qt: QuantTensor, bias: torch.Tensor | None = None,
+                   backend: str | None = None) -> "QuantLinear":
+        """The kernel's module for ``qt`` (``backend``: ``"c"``, ``"torch"``, or None for
+        :func:`kernel_name`'s choice)."""
+        if (backend or kernel_name()) == "c":
+            return BlockLinear(qt, bias)
+        N, K = qt.shape
+        packed, sz = pack(qt)
+        return Int4PackLinear(qt.scheme, K, N, packed, sz, bias)
+
+    def mm(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.mm(x.reshape(-1, self.in_features)).view(*x.shape[:-1], self.out_features)
+        return out if self.bias is None else out + self.bias.to(out.dtype)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The matrix the kernel multiplies, (N, K) float32, computed on each access (for
+        inspection; costs N·K·4 bytes)."""
+        raise NotImplementedError  # pragma: no cover
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"scheme={self.scheme}, bias={self.bias is not None}, kernel={self.kernel}")
+
+
+class BlockLinear(QuantLinear):
+    """:class:`QuantLinear` on the stored blocks (:class:`QuantTensor`'s ``codes``,
+    ``scale``, ``min``; row slices of a fused matrix's, :func:`fuse`), computed by the C
+    kernel: for up to :data:`GEMV_ROWS` input rows (decoding) its integer dot products on
+    int8-quantized activations, for more (prefill) each block of 1024 rows dequantized to
+    float32 (exactly) and multiplied by torch's float32 matmul."""
+
+    kernel = "c"
+
+    def __init__(self, qt: QuantTensor, bias: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.scheme = qt.scheme
+        self.out_features, self.in_features = qt.shape
+        self.register_buffer("codes", qt.codes.contiguous(), persistent=False)
+        self.register_buffer("scale", qt.scale.contiguous(), persistent=False)
+        self.register_buffer("min", None if qt.min is None else qt.min.contiguous(), persistent=False)
+        self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
+        self._code = SCHEMES.index(qt.scheme)
+
+    def quant(self) -> QuantTensor:
+        return QuantTensor(self.scheme, self.codes, self.scale, self.min)
+
+    def mm(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (M, K) → ``x @ Wᵀ`` (M, N), bias not added, in x's dtype."""
+        lib = _kernel()
+        M = x.shape[0]
+        xf = x if x.dtype == torch.float32 and x.is_contiguous() else x.float().contiguous()
+        N, K = self.out_features, self.in_features
+        mins = self.min.data_ptr() if self.min is not None else None
+        if M <= GEMV_ROWS:
+            y = torch.empty(M, N, dtype=torch.float32)
+            if lib.llmcli_qgemm(self._code, self.codes.data_ptr(), self.scale.data_ptr(), mins,
+                                xf.data_ptr(), y.data_ptr(), M, N, K) != 0:
+                raise MemoryError("llmcli_qgemm: out of memory")
+        else:
+            y = torch.empty(M, N, dtype=torch.float32)
+            w = torch.empty(min(N, _DEQUANT_ROWS), K, dtype=torch.float32)
+            row_bytes = self.codes.shape[1] * self.codes.element_size()
+            for r0 in range(0, N, _DEQUANT_ROWS):
+                n = min(_DEQUANT_ROWS, N - r0)
+                lib.llmcli_dequantize(self._code, self.codes.data_ptr() + r0 * row_bytes,
+                                      self.scale.data_ptr() + r0 * (K // BLOCK) * 2,
+                                      None if mins is None else mins + r0 * (K // BLOCK) * 2,
+                                      w.data_ptr(), n, K)
+                y[:, r0:r0 + n] = torch.mm(xf, w[:n].t())
+        return y if x.dtype == torch.float32 else y.to(x.dtype)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.quant().dequantize()
+
+
+class Int4PackLinear(QuantLinear):
+    """:class:`QuantLinear` on torch's CPU 4-bit kernel: buffers ``packed`` (N, K'/2) uint8
+    and ``scale_zeros`` (K'/32, N, 2) bfloat16 (:func:`pack`; views of a fused matrix's,
+    :func:`fuse`)."""
+
+    kernel = "torch"
 
     def __init__(self, scheme: str, in_features: int, out_features: int, packed: torch.Tensor,
                  scale_zeros: torch.Tensor, bias: torch.Tensor | None = None) -> None:
@@ -339,12 +439,6 @@ class QuantLinear(nn.Module):
         self.register_buffer("packed", packed, persistent=False)
         self.register_buffer("scale_zeros", scale_zeros, persistent=False)
         self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
-
-    @classmethod
-    def from_quant(cls, qt: QuantTensor, bias: torch.Tensor | None = None) -> "QuantLinear":
-        N, K = qt.shape
-        packed, sz = pack(qt)
-        return cls(qt.scheme, K, N, packed, sz, bias)
 
     def mm(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` (M, K) → ``x @ Wᵀ`` (M, N), bias not added, in x's dtype."""
@@ -359,20 +453,101 @@ class QuantLinear(nn.Module):
             out = out[:, :self.out_features]
         return out.to(x.dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.mm(x.reshape(-1, self.in_features)).view(*x.shape[:-1], self.out_features)
-        return out if self.bias is None else out + self.bias.to(out.dtype)
-
     @property
     def weight(self) -> torch.Tensor:
-        """The matrix the kernel uses, (N, K) float32, computed on each access (for
-        inspection; it multiplies an identity matrix, so it is slow and costs N·K·4 bytes)."""
+        """(It multiplies an identity matrix: slow.)"""
         eye = torch.eye(self.in_features, dtype=torch.float32)
         return self.mm(eye).float().t().contiguous()
 
-    def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"scheme={self.scheme}, bias={self.bias is not None}")
+
+#: Input rows up to which BlockLinear runs the C kernel's dot products (decoding, short
+#: chunks); above, dequantize-and-matmul (prefill), which torch's BLAS does faster.
+GEMV_ROWS = 8
+_DEQUANT_ROWS = 1024
+
+
+# ----------------------------------------------------------------------------- the C kernel
+_LIB = None
+_LIB_ERROR: str | None = None
+
+
+def kernel_name() -> str:
+    """``"c"`` when llmcli's C kernel is built (or can be: a C compiler on PATH, ``$CC`` or
+    ``cc``), else ``"torch"``. ``$LLMCLI_QUANT_KERNEL`` = ``c`` or ``torch`` forces one
+    (``c`` without a compiler is an error)."""
+    want = os.environ.get("LLMCLI_QUANT_KERNEL", "auto").strip().lower()
+    if want == "torch":
+        return "torch"
+    if _kernel(required=want == "c") is not None:
+        return "c"
+    return "torch"
+
+
+def _kernel(required: bool = True):
+    """The C kernel's ctypes library, compiled on first use into
+    ``$XDG_CACHE_HOME/llmcli/kernels/`` (``cc -O3 -march=native -ffp-contract=off``; the
+    file name hashes the source, the compiler and the CPU's flags, so another CPU or a new
+    source builds anew). None when it cannot be built and not ``required``.
+
+    Raises:
+        LLMCLIError: ``required`` and the build failed (the compiler's last line).
+    """
+    global _LIB, _LIB_ERROR
+    if _LIB is None and _LIB_ERROR is None:
+        try:
+            _LIB = _build_kernel()
+        except (OSError, subprocess.SubprocessError, RuntimeError) as exc:
+            _LIB_ERROR = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    if _LIB is None and required:
+        raise LLMCLIError(f"llmcli's quantized-weights C kernel could not be built: {_LIB_ERROR} "
+                          "(unset LLMCLI_QUANT_KERNEL to use torch's kernel)")
+    return _LIB
+
+
+def _build_kernel():
+    import ctypes
+    import hashlib
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    src = Path(__file__).with_name("quant_kernel.c")
+    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    if cc is None:
+        raise RuntimeError("no C compiler (cc, gcc or $CC) on PATH")
+    try:
+        cpu = next((line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("flags")), "")
+    except OSError:
+        import platform
+        cpu = platform.processor()
+    flags = ["-O3", "-march=native", "-ffp-contract=off", "-shared", "-fPIC"]
+    key = hashlib.sha256(src.read_bytes() + cc.encode() + cpu.encode() + " ".join(flags).encode())
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llmcli" / "kernels"
+    lib_path = cache / f"quant-{key.hexdigest()[:16]}.so"
+    if not lib_path.is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache) as tmp:
+            out = Path(tmp) / "k.so"
+            r = subprocess.run([cc, *flags, "-o", str(out), str(src), "-lm"], capture_output=True,
+                               text=True, timeout=120)
+            if r.returncode != 0:
+                raise RuntimeError(f"{cc}: {r.stderr.strip() or r.returncode}")
+            os.replace(out, lib_path)
+    lib = ctypes.CDLL(str(lib_path))
+    vp, i = ctypes.c_void_p, ctypes.c_int
+    lib.llmcli_qgemm.argtypes = [i, vp, vp, vp, vp, vp, i, i, i]
+    lib.llmcli_qgemm.restype = i
+    lib.llmcli_dequantize.argtypes = [i, vp, vp, vp, vp, i, i]
+    lib.llmcli_dequantize.restype = None
+    lib.llmcli_qgemm_isa.restype = ctypes.c_char_p
+    return lib
+
+
+def kernel_isa() -> str:
+    """What the C kernel computes with (``avx512-vnni``, ``avx-vnni``, ``avx2``, ``c``), or
+    ``torch`` when torch's kernel is used."""
+    return _kernel().llmcli_qgemm_isa().decode() if kernel_name() == "c" else "torch"
 
 
 _ROW_BLOCK: int | None = None
@@ -397,12 +572,35 @@ def _row_block() -> int:
 
 
 def fuse(linears: list[QuantLinear]) -> QuantLinear | None:
-    """One QuantLinear computing ``linears`` (same scheme and inputs) side by side, their
-    outputs concatenated (q/k/v, gate/up); each part's buffers become views of it, so memory
-    does not grow. None when they cannot share the packed rows (an output count not a multiple
-    of the kernel's row block, or different schemes); then the caller keeps them apart."""
-    block = _row_block()
+    """One QuantLinear computing ``linears`` (same kernel, scheme and inputs) side by side,
+    their outputs concatenated (q/k/v, gate/up); each part's buffers become views of it, so
+    memory does not grow. None when they cannot share rows (different schemes; for torch's
+    kernel, an output count not a multiple of its row block); then the caller keeps them
+    apart."""
     first = linears[0]
+    if any(type(m) is not type(first) for m in linears):
+        return None
+    if isinstance(first, BlockLinear):
+        if any(m.scheme != first.scheme or m.in_features != first.in_features for m in linears):
+            return None
+        parts = [m.quant() for m in linears]
+        fused_qt = QuantTensor(first.scheme, torch.cat([q.codes for q in parts]),
+                               torch.cat([q.scale for q in parts]),
+                               None if parts[0].min is None else torch.cat([q.min for q in parts]))
+        biases = [m.bias for m in linears]
+        bias = None if biases[0] is None else torch.cat([b.detach() for b in biases])
+        fused = BlockLinear(fused_qt, bias)
+        row = 0
+        for m in linears:      # rows of the fused buffers: contiguous views, any split
+            n = m.out_features
+            m.codes, m.scale = fused.codes[row:row + n], fused.scale[row:row + n]
+            if m.min is not None:
+                m.min = fused.min[row:row + n]
+            if bias is not None:
+                m.bias = nn.Parameter(bias[row:row + n], requires_grad=False)
+            row += n
+        return fused
+    block = _row_block()
     if (not block or any(m.scheme != first.scheme or m.in_features != first.in_features
                          for m in linears)
             or any(m.out_features % block for m in linears[:-1])):
@@ -411,8 +609,8 @@ def fuse(linears: list[QuantLinear]) -> QuantLinear | None:
     sz = torch.cat([m.scale_zeros for m in linears], dim=1)
     biases = [m.bias for m in linears]
     bias = None if biases[0] is None else torch.cat([b.detach() for b in biases])
-    fused = QuantLinear(first.scheme, first.in_features, sum(m.out_features for m in linears),
-                        packed, sz, bias)
+    fused = Int4PackLinear(first.scheme, first.in_features, sum(m.out_features for m in linears),
+                           packed, sz, bias)
     row = 0
     for m in linears:
         n, rows = m.out_features, m.packed.shape[0]    # rows: with the last one's padding
