@@ -445,6 +445,10 @@ _HELD = ["--holdout", "h.txt"]
     ({"w.txt": b"", "h.txt": "\n \n"}, _HELD, 1, "h.txt, "),
     ({"w.txt": "\n  \n\n"}, [], 1, "w.txt: no text to train on"),
     ({"w.txt": b"text\x00\x01\x02\n", "h.txt": _PLAY}, _HELD, 1, "w.txt: holds NUL bytes"),
+    ({"w.txt": "\ufeffUTF-16 words\n".encode("utf-16-le"), "h.txt": _PLAY}, _HELD, 1,
+     "w.txt: UTF-16 text, not UTF-8: convert it (iconv -f utf-16 -t utf-8)"),
+    ({"w.txt": __import__("gzip").compress(_PLAY.encode()), "h.txt": _PLAY}, _HELD, 1,
+     "w.txt: gzip-compressed: decompress it (gunzip)"),
     ({"w.txt": "tiny\n"}, [], 1, "--valid-fraction: 5% of w.txt (5 characters) is too little to hold out"),
     ({"w.txt": "tiny text 0\n", "h.txt": "tiny text 1\n"}, [*_HELD, "--vocab-size", "270"], 1,
      "corpus: the training text is 11 tokens, too little for one training window (--context 32 + 2 = 34)"),
@@ -479,6 +483,23 @@ def test_train_checks_the_corpus_and_options_before_training(tmp_path, monkeypat
     assert (rc, stdout) == (code, "")
     assert stderr.count("\n") == 1 and stderr.startswith("error: ") and message in stderr, stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus"]  # no out, no hidden staging
+
+
+def test_read_sources_refuses_devices_pipes_and_broken_archives(tmp_path):
+    """Reading /dev/zero or a pipe would never end; a truncated .tar.gz is one line, not
+    tarfile's four."""
+    import os
+
+    os.mkfifo(tmp_path / "pipe")
+    for src in (Path("/dev/zero"), tmp_path / "pipe"):
+        with pytest.raises(LLMCLIError, match=f"^{src}: not a regular file, folder or .tar.gz archive$"):
+            read_sources([src])
+    whole = _corpus_tar(tmp_path / "c.tar.gz", {"c/a.txt": _play(0, 300)}).read_bytes()
+    (tmp_path / "cut.tar.gz").write_bytes(whole[:len(whole) // 2])
+    (tmp_path / "text.tar.gz").write_text("not an archive\n")
+    for name in ("cut.tar.gz", "text.tar.gz"):
+        with pytest.raises(LLMCLIError, match=rf"^{tmp_path / name}: not a readable tar archive \([^\n]+\)$"):
+            read_sources([tmp_path / name])
 
 
 def test_train_notes_dropped_duplicates_and_never_holds_out_a_copy(tmp_path, monkeypatch, capsys):

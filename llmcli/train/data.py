@@ -74,14 +74,28 @@ def _matches(path: str, include: str) -> bool:
     return fnmatch.fnmatch(path if "/" in include else Path(path).name, include)
 
 
+#: Starts of files that are not UTF-8 text, and what to say about them.
+_NOT_TEXT = (
+    (b"\xff\xfe", "UTF-16 text, not UTF-8: convert it (iconv -f utf-16 -t utf-8)"),
+    (b"\xfe\xff", "UTF-16 text, not UTF-8: convert it (iconv -f utf-16 -t utf-8)"),
+    (b"\x1f\x8b", "gzip-compressed: decompress it (gunzip), or give a .tar.gz archive"),
+    (b"BZh", "bzip2-compressed: decompress it (bunzip2)"),
+    (b"\xfd7zXZ\x00", "xz-compressed: decompress it (unxz)"),
+    (b"PK\x03\x04", "a zip archive: unzip it and give the folder"),
+)
+
+
 def decode_text(data: bytes, origin: str) -> str:
     """``data`` as UTF-8 text (a leading byte-order mark removed).
 
     Raises:
-        LLMCLIError: ``data`` is not UTF-8 (naming ``origin``, the first bad byte and its
-            offset) or holds NUL bytes (a binary file); text is never silently replaced by
-            U+FFFD.
+        LLMCLIError: ``data`` is UTF-16, compressed or an archive (:data:`_NOT_TEXT`), not
+            UTF-8 (naming ``origin``, the first bad byte and its offset) or holds NUL bytes
+            (a binary file); text is never silently replaced by U+FFFD.
     """
+    for magic, what in _NOT_TEXT:
+        if data.startswith(magic):
+            raise LLMCLIError(f"{origin}: {what}")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -107,8 +121,9 @@ def read_sources(sources: list[Path], include: str = "*.txt",
     name, or by its path when two different files share a name.
 
     Raises:
-        LLMCLIError: a source does not exist, a file is not UTF-8 text (see
-            :func:`decode_text`), or nothing matched.
+        LLMCLIError: a source does not exist or is not a regular file, folder or readable
+            tar archive, a file is not UTF-8 text (see :func:`decode_text`), or nothing
+            matched.
     """
     entries: list[tuple[str, str, str, bytes]] = []  # (identity, path, origin, data)
     for src in sources:
@@ -120,13 +135,19 @@ def read_sources(sources: list[Path], include: str = "*.txt",
                 rel = path.relative_to(src).as_posix()
                 if path.is_file() and _matches(rel, include):
                     entries.append((os.path.realpath(path), rel, str(path), path.read_bytes()))
+        elif not src.is_file():  # a device (/dev/zero), a pipe: reading might never end
+            raise LLMCLIError(f"{src}: not a regular file, folder or .tar.gz archive")
         elif src.name.endswith((".tar.gz", ".tgz", ".tar")):
-            with tarfile.open(src) as tar:
-                for member in sorted(tar.getmembers(), key=lambda m: m.name):
-                    if member.isfile() and _matches(member.name, include):
-                        data = tar.extractfile(member).read()  # type: ignore[union-attr]
-                        entries.append((f"{os.path.realpath(src)}:{member.name}", member.name,
-                                        f"{src}:{member.name}", data))
+            try:
+                with tarfile.open(src) as tar:
+                    for member in sorted(tar.getmembers(), key=lambda m: m.name):
+                        if member.isfile() and _matches(member.name, include):
+                            data = tar.extractfile(member).read()  # type: ignore[union-attr]
+                            entries.append((f"{os.path.realpath(src)}:{member.name}", member.name,
+                                            f"{src}:{member.name}", data))
+            except (tarfile.TarError, EOFError, OSError) as exc:
+                reason = str(exc).strip().splitlines()[-1].lstrip("- ") or type(exc).__name__
+                raise LLMCLIError(f"{src}: not a readable tar archive ({reason})") from None
         else:
             entries.append((os.path.realpath(src), src.name, str(src), src.read_bytes()))
     kept: list[tuple[str, str, str]] = []  # (path, origin, text)
