@@ -214,6 +214,7 @@ def test_train_end_to_end_writes_a_loadable_model(tmp_path, precision, held_out)
     (["--heads", "4", "--kv-heads", "3"], "--kv-heads"),
     (["--max-steps", "20"], "--warmup-steps: 100 must be less than --max-steps (20)"),
     (["--vocab-size", "262"], "--vocab-size: 262 is too small for this corpus: at least 263"),
+    (["-s", str(2**70)], "--seed: must be in [0, 2^63)"),
 ])
 def test_train_bad_options_are_usage_errors(tmp_path, args, message):
     (tmp_path / "a.txt").write_text("text\n")
