@@ -27,7 +27,7 @@ SpecialOpt = Annotated[bool, typer.Option(
     "--special", help="Parse special-token text such as <|im_end|> as those tokens (llama.cpp's "
                       "--parse-special); by default it is plain text.")]
 ContextOpt = Annotated[Optional[int], typer.Option(
-    "-c", "--context",
+    "-c", "--context", "--ctx-size",
     help="Tokens per window C (default: 512, or the model's context if smaller).",
     metavar="N", show_default=False)]
 StrideOpt = Annotated[Optional[int], typer.Option(

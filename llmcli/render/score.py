@@ -42,6 +42,9 @@ def _rule_line(r) -> str:
         bos = ", BOS first in each" if r.add_bos else ""
         return (f"llama.cpp: {n} chunks of {r.context} tokens{bos},\nthe last "
                 f"{r.context - r.context // 2 - 1} of each scored")
+    if r.stride >= r.context:
+        return (f"sliding window: {len(r.windows)} windows of ≤ {r.context} tokens, stride "
+                f"{r.stride} (no overlap),\nthe first token of each window not scored")
     return (f"sliding window: {len(r.windows)} windows of ≤ {r.context} tokens, stride "
             f"{r.stride},\neach token scored once with ≥ {r.context - r.stride} tokens of history")
 
