@@ -156,8 +156,8 @@ def _install_help_layout() -> None:
             if len(cells) not in (6, 7):  # not an options/arguments row
                 return super().add_row(*cells, **kwargs)
             lead, (long, short, neg_long, neg_short, types, help_) = cells[:-6], cells[-6:]
-            cell = names(short, long, rich_utils.highlighter)
-            negative = names(neg_short, neg_long, rich_utils.negative_highlighter)
+            cell = names(short, long, getattr(rich_utils, "highlighter", Text))
+            negative = names(neg_short, neg_long, getattr(rich_utils, "negative_highlighter", Text))
             if negative.plain:
                 cell.append("\n")
                 cell.append_text(negative)
