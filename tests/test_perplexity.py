@@ -300,3 +300,48 @@ def test_bad_input_is_one_line(cli, tmp_path, args, stdin, needle, code):
     assert got == code, (out, err)
     assert out == "" and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert needle.format(**{k: str(v) for k, v in files.items()}) in err, err
+
+
+def test_non_finite_logits_are_one_line_naming_the_window(cli, capsys, tmp_path, tiny_tokenizer_model):
+    from safetensors.torch import load_file, save_file
+
+    from conftest import make_checkpoint
+
+    model_dir, _ = make_checkpoint(tmp_path, vocab_size=320)
+    shutil.copyfile(tiny_tokenizer_model, model_dir / "tokenizer.model")
+    tensors = load_file(str(model_dir / "model.safetensors"))
+    tensors["model.layers.1.mlp.down_proj.weight"][0, 0] = float("nan")
+    save_file(tensors, str(model_dir / "model.safetensors"), metadata={"format": "pt"})
+    capsys.readouterr()                                  # save_pretrained's progress bar
+    code, out, err = cli("perplexity", "-m", model_dir, "-c", 16, stdin=TEXT)
+    assert code == 1 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert "non-finite logits (nan) at position" in err and "in the window of text tokens 0..15" in err
+    code, out, err = cli("score", "-m", model_dir, "Once upon a time")
+    assert code == 1 and "non-finite logits" in err and "Traceback" not in err
+
+
+def test_progress_bar_on_a_terminal_only():
+    from rich.console import Console
+
+    from llmcli.cli.text import _Progress
+
+    bar = _Progress(delay=0)
+    bar.console = Console(file=io.StringIO(), force_terminal=True, width=80)
+    bar(5, 10)
+    bar(10, 10)
+    bar.close()
+    shown = bar.console.file.getvalue()
+    assert "scoring" in shown and "10/10" in shown and "tokens" in shown
+    quiet = _Progress(delay=0)
+    quiet.console = Console(file=io.StringIO(), force_terminal=False)
+    quiet(5, 10)
+    quiet.close()
+    assert quiet.console.file.getvalue() == "" and quiet.progress is None
+
+
+@pytest.mark.parametrize("command", ["perplexity", "score"])
+def test_help_has_examples_and_fits_80_columns(cli, monkeypatch, command):
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, err = cli(command, "--help")
+    assert code == 0 and "Examples:" in out and f"llmcli {command} " in out, err
+    assert max(len(line) for line in out.splitlines()) <= 80

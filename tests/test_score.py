@@ -226,3 +226,12 @@ def test_bad_input_is_one_line(cli, tmp_path, args, needle, code):
     assert out == "" and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert needle.format(**{k: str(v) for k, v in paths.items()}) in err, err
     assert not (tmp_path / "no").exists() and not paths["SAME"].exists()
+
+
+def test_file_and_stdin_give_the_same_listing(cli, tmp_path):
+    path = tmp_path / "romeo.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    code, from_file, err = cli("score", "-f", path)
+    assert code == 0, err
+    code, from_stdin, err = cli("score", "-", stdin=TEXT)
+    assert code == 0 and from_file == from_stdin == cli("score", TEXT)[1], err

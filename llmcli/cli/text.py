@@ -299,7 +299,7 @@ def score_command(
     scored with sliding windows (-c/--stride, as perplexity), streamed with a progress bar.
 
     JSON (--json), OpenAI-style: {"model", "context", "stride", "content": [{"position",
-    "id", "token", "piece", "bytes", "logprob", "rank", "bucket", "entropy" (nats),
+    "id", "token", "piece", "text", "bytes", "logprob", "rank", "bucket", "entropy" (nats),
     "entropy_bits", "top_logprobs": [{"token", "logprob", "bytes", "id"}]}], "summary":
     {"tokens", "scored", "mean_logprob", "perplexity", "buckets", "bucket_fractions"}};
     the first token's logprob, rank, bucket and entropy are null, its top_logprobs [].
@@ -310,7 +310,7 @@ def score_command(
 
         llmcli score -f speech.txt --color-by prob --save-html speech.html
 
-        llmcli score "ROMEO:" --json --top-logprobs 3 | jq '.content[1].top_logprobs'
+        llmcli score "ROMEO:" --json --top-logprobs 3 | jq .summary
     """
     from llmcli.cli.inspect import _check_light_options
     from llmcli.render.score import COLOR_BY
