@@ -137,8 +137,9 @@ def test_plain_listing_when_piped(cli, reference):
                         lines[-1])
 
 
-def test_terminal_colours_by_bucket_and_probability(cli, reference):
+def test_terminal_colours_by_bucket_and_probability(cli, reference, monkeypatch):
     tok, ids, _, _ = reference
+    monkeypatch.delenv("NO_COLOR", raising=False)      # a CI that sets it for every job
     env = {"COLORTERM": "truecolor", "TERM": "xterm-256color", "COLUMNS": "80"}
     code, out, err = cli("score", TEXT, tty=True, env=env)
     assert code == 0, err
@@ -157,7 +158,8 @@ def test_terminal_colours_by_bucket_and_probability(cli, reference):
     assert out.splitlines()[0].split()[:3] == ["pos", "id", "token"]   # the listing instead
 
 
-def test_sixteen_colour_terminal_gets_named_colours(reference):
+def test_sixteen_colour_terminal_gets_named_colours(monkeypatch):
+    monkeypatch.delenv("NO_COLOR", raising=False)
     from rich.console import Console
 
     from llmcli.inspection.score import ScoreSummary
