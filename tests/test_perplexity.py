@@ -237,6 +237,7 @@ def smol(tmp_path_factory) -> Path:
         pytest.skip(f"{SMOL} not present")
     if not LICENCE.is_file():
         pytest.skip(f"{LICENCE} not present")
+    pytest.importorskip("gguf")
     from llmcli.convert import convert
 
     out = tmp_path_factory.mktemp("smol-ppl") / "smol"
