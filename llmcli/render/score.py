@@ -8,7 +8,9 @@ once it is complete (:func:`score_rich`), from :class:`Span`, a few values per t
 
 Colours: by GLTR rank bucket (Gehrmann et al. 2019: top-1 green, top-10 yellow, top-100 red,
 beyond purple) or by probability (red → green, the steps of
-:func:`llmcli.render.prob_style`), as backgrounds the text reads on, with a legend. With
+:func:`llmcli.render.prob_style`), as backgrounds the text reads on, with a legend: the
+palettes of :mod:`llmcli.render.pictures` (24-bit or 256-colour terminals), named colours on
+a 16-colour terminal, so the terminal and the saved pictures agree. With
 ``NO_COLOR`` the terminal gets the plain annotated listing instead (colour is the view).
 Never imports torch.
 """
@@ -18,8 +20,6 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Iterable
-
 from llmcli.render import clip, fmt, jsonable, text_width, visible
 
 COLOR_BY = ("rank", "prob")
@@ -305,11 +305,3 @@ def score_figure(spans: list[Span], summary, color_by: str = "rank", source: str
         P.StripPanel(tokens, scale(color_by), title=f"each token coloured by its {what}"),
         P.NotePanel(summary_line(summary)),
     ])
-
-
-def write_plain(tokens: Iterable, summary, file) -> None:
-    """The plain listing of already collected tokens (tests, ``NO_COLOR``)."""
-    w = ScorePlainWriter(file)
-    for t in tokens:
-        w.add(t)
-    w.close(summary)
