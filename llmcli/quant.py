@@ -396,7 +396,7 @@ class BlockLinear(QuantLinear):
 
     def mm(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` (M, K) → ``x @ Wᵀ`` (M, N), bias not added, in x's dtype."""
-        lib = _kernel()
+        lib = _LIB if _LIB is not None else _kernel()
         M = x.shape[0]
         xf = x if x.dtype == torch.float32 and x.is_contiguous() else x.float().contiguous()
         N, K = self.out_features, self.in_features
@@ -404,7 +404,7 @@ class BlockLinear(QuantLinear):
         if M <= GEMV_ROWS:
             y = torch.empty(M, N, dtype=torch.float32)
             if lib.llmcli_qgemm(self._code, self.codes.data_ptr(), self.scale.data_ptr(), mins,
-                                xf.data_ptr(), y.data_ptr(), M, N, K) != 0:
+                                xf.data_ptr(), y.data_ptr(), M, N, K):
                 raise MemoryError("llmcli_qgemm: out of memory")
         else:
             y = torch.empty(M, N, dtype=torch.float32)
