@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from llmcli.cli.common import DeviceOpt, DtypeOpt, ModelOpt, ThreadsOpt, read_prompt
+from llmcli.cli.common import DeviceOpt, DtypeOpt, ModelOpt, ThreadsOpt, context_field, read_prompt
 from llmcli.cli.quant_option import QuantOpt
 from llmcli.errors import LLMCLIError, UsageError
 
@@ -116,7 +116,7 @@ def _load(text: str, source: str, model: Path | None, dtype: str, device: str,
 
 
 def _window_options(context: int | None, stride: int | None, batch: int, model_context: int,
-                    minimum: int = 2) -> tuple[int, int | None]:
+                    minimum: int = 2, field: str = "max_position_embeddings") -> tuple[int, int | None]:
     """Check --context/--stride/--batch-size against each other and the model → (C, S)."""
     if batch < 1:
         raise UsageError(f"--batch-size: must be at least 1, got {batch}")
@@ -125,7 +125,7 @@ def _window_options(context: int | None, stride: int | None, batch: int, model_c
         raise UsageError(f"--context: must be at least {minimum}, got {c}")
     if c > model_context:
         raise UsageError(f"--context: {c} is longer than the model's context of {model_context} "
-                         "tokens (max_position_embeddings)")
+                         f"tokens ({field} in config.json)")
     if stride is not None:
         if stride < 1:
             raise UsageError(f"--stride: must be at least 1, got {stride}")
@@ -227,6 +227,7 @@ def perplexity_command(
     ctx, load_weights = _load(text, source, model, dtype, device, threads, no_bos, special,
                               "perplexity")
     c, s = _window_options(context, stride, batch, ctx.config.max_position_embeddings,
+                           field=context_field(ctx.config),
                            minimum=4 if rule == "llama.cpp" else 2)
     n = len(ctx.ids)
     if rule == "llama.cpp" and n < 2 * c:
@@ -335,7 +336,8 @@ def score_command(
                 raise UsageError("TEXT: missing (give it as an argument, with --file, or on stdin)")
     ctx, load_weights = _load(source_text, source, model, dtype, device, threads, no_bos,
                               special, "score")
-    c, s = _window_options(context, stride, batch, ctx.config.max_position_embeddings)
+    c, s = _window_options(context, stride, batch, ctx.config.max_position_embeddings,
+                           field=context_field(ctx.config))
     load_weights()
     from llmcli.inspection.score import ScoreSummary, score_tokens
     from llmcli.render import console, make_stdout_safe, output_mode

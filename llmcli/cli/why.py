@@ -180,8 +180,10 @@ def attribute_command(
                          if no_bos else "TEXT: gives no tokens and the tokenizer adds no BOS token")
     context = side.config.max_position_embeddings
     if len(ids) > context:
+        from llmcli.cli.common import context_field
+
         raise LLMCLIError(f"TEXT: {len(ids)} tokens is longer than the model's context of {context} "
-                          "tokens (max_position_embeddings)")
+                          f"tokens ({context_field(side.config)})")
     from llmcli.inspection.attribution import attribute, resolve_token
 
     rows = side.config.vocab_size
