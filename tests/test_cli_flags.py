@@ -293,7 +293,7 @@ def test_context_errors_name_n_positions_for_gpt2(cli, gpt2_dir):
     for command in ("attribute",):
         line = one_line_error(cli(command, "-m", gpt2_dir, long_text), 1)
         assert "(n_positions" in line and "max_position_embeddings" not in line, (command, line)
-    line = one_line_error(cli("perplexity", "-m", gpt2_dir, "--context", "65", long_text), 2)
+    line = one_line_error(cli("perplexity", "-m", gpt2_dir, "--context", "65", "-", stdin=long_text), 2)
     assert "64 tokens (n_positions in config.json)" in line, line
 
 
