@@ -168,7 +168,7 @@ def prepare(name: str, cache: Path) -> Model | None:
         hf = cache / "smollm2-135m-instruct-f32"
         if not hf.is_dir():
             log(f"  llmcli convert {gguf.name} -> {hf}")
-            r = subprocess.run([sys.executable, "-m", "llmcli", "convert", str(gguf), "-o", str(hf),
+            r = subprocess.run([sys.executable, "-m", "llmcli", "convert", str(gguf), str(hf),
                                 "--dtype", "float32"], capture_output=True, text=True, cwd=REPO)
             if r.returncode != 0:
                 log(f"  llmcli convert failed: {r.stderr.strip()}")
@@ -308,18 +308,28 @@ def llama_bench(bindir: Path, gguf: Path, p: int, n: int, threads: int) -> float
     return float(json.loads(r.stdout)[0]["avg_ts"])
 
 
+#: runs argv[1:] and prints its wall time and peak RSS as JSON: a small process forks the
+#: command, so the peak is the command's own (a child forked from this big process would
+#: count this process's resident pages until its exec)
+_LAUNCH = """import json, os, subprocess, sys, time
+t = time.perf_counter()
+p = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)
+_, status, usage = os.wait4(p.pid, 0)
+print(json.dumps({"wall": time.perf_counter() - t, "rss": usage.ru_maxrss * 1024,
+                  "rc": os.waitstatus_to_exitcode(status)}))
+"""
+
+
 def _wait_rss(cmd: list[str], **kw) -> tuple[float, int]:
-    """(wall seconds, peak RSS bytes) of ``cmd`` run to completion."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read().decode(errors="replace")
-    proc.stderr.close()
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[:4])}... failed: {err.strip()[-300:]}")
-    return wall, usage.ru_maxrss * 1024
+    """(wall seconds, peak RSS bytes) of ``cmd`` run to completion (see :data:`_LAUNCH`)."""
+    r = subprocess.run([sys.executable, "-c", _LAUNCH, *cmd], capture_output=True, text=True, **kw)
+    try:
+        out = json.loads(r.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        out = {"rc": r.returncode}
+    if out["rc"] != 0:
+        raise RuntimeError(f"{' '.join(cmd[:4])}... failed: {r.stderr.strip()[-300:]}")
+    return out["wall"], out["rss"]
 
 
 _HF_RSS = """import sys, torch
