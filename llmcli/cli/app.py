@@ -111,7 +111,22 @@ def command():
         cmd.format_help = _with_help_layout(cmd.format_help)
 
     unlabel_flags(root, "llmcli")
+    invoke = root.invoke
+
+    def invoke_reporting_broken_pipe(ctx):
+        # Typer catches an EPIPE OSError itself and exits 1 without a word; a reader that went
+        # away (`| head -1`) is not an error: main() stops quietly with exit 0.
+        try:
+            return invoke(ctx)
+        except BrokenPipeError:
+            raise _ReaderGone() from None
+
+    root.invoke = invoke_reporting_broken_pipe
     return root
+
+
+class _ReaderGone(Exception):
+    """stdout's reader closed the pipe (a BrokenPipeError, re-raised past Typer's handler)."""
 
 
 def _with_help_layout(format_help):
@@ -206,7 +221,7 @@ def main() -> None:
     except KeyboardInterrupt:
         _stderr_line("")
         sys.exit(130)
-    except BrokenPipeError:
+    except (BrokenPipeError, _ReaderGone):
         _quiet_broken_pipe()
     except OSError as exc:  # the system refused a read or write: disk full, permissions, ...
         if debug:

@@ -1,0 +1,95 @@
+"""Bad inputs found by trying every command as a newcomer and as an adversary (issues 12, 14).
+
+Each test is a case that once failed: a closed pipe (exit 1 and no word), a device given as a
+text file (read until memory ran out), a thread count that crashed torch's OpenMP, a range
+message cut after its lower bound, ... Every bad input must give one line on stderr naming the
+option or file, exit != 0, no traceback and nothing on stdout.
+
+In-process (``llmcli.cli.app.main``) on the bundled model; no subprocess.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = REPO / "models" / "shakespeare"
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """Run ``llmcli ARGS`` in-process → ``(exit code, stdout, stderr)``; ``stdout=`` replaces
+    sys.stdout (e.g. a pipe whose reader went away)."""
+    from llmcli.cli.app import main
+
+    def run(*args: str, stdin: str = "", stdout=None):
+        monkeypatch.setattr(sys, "argv", ["llmcli", *map(str, args)])
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+        if stdout is not None:
+            monkeypatch.setattr(sys, "stdout", stdout)
+        monkeypatch.delenv("LLMCLI_MODEL", raising=False)
+        code = 0
+        try:
+            main()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def one_line_error(result, code: int, *needles: str) -> str:
+    rc, out, err = result
+    assert rc == code, (rc, err)
+    assert "Traceback" not in err and out == "", (out, err)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "--debug" not in lines[0], lines[0]    # an expected error, not an unexpected exception
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+class ClosedPipe(io.TextIOBase):
+    """stdout whose reader (``| head -1``) went away after ``lines`` lines."""
+
+    def __init__(self, lines: int = 1) -> None:
+        self.left, self.text = lines, ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, s: str) -> int:
+        if self.left <= 0:
+            raise BrokenPipeError(32, "Broken pipe")
+        self.text += s
+        self.left -= s.count("\n")
+        return len(s)
+
+    def flush(self) -> None:
+        if self.left <= 0:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    def isatty(self) -> bool:
+        return False
+
+
+# ----------------------------------------------------------------------------- closed pipes
+@pytest.mark.parametrize("args", [
+    ("score", "ROMEO:\nBut soft, what light through yonder window breaks?"),
+    ("perplexity", "-"),
+    ("tokenize", "ROMEO: Wherefore art thou?"),
+])
+def test_a_closed_pipe_is_a_quiet_exit_0(cli, args):
+    """`llmcli score TEXT | head -1`: Typer caught the EPIPE itself and exited 1 without a
+    word; like generate (and other Unix tools) the command stops quietly with exit 0."""
+    stdin = "ROMEO:\nBut soft, what light through yonder window breaks?\n" if args[-1] == "-" else ""
+    pipe = ClosedPipe(lines=1)
+    rc, _, err = cli(*args, stdin=stdin, stdout=pipe)
+    assert (rc, err) == (0, ""), (rc, err)
+    assert pipe.text.count("\n") >= 1
