@@ -93,3 +93,39 @@ def test_a_closed_pipe_is_a_quiet_exit_0(cli, args):
     rc, _, err = cli(*args, stdin=stdin, stdout=pipe)
     assert (rc, err) == (0, ""), (rc, err)
     assert pipe.text.count("\n") >= 1
+
+
+# ----------------------------------------------------------------------------- devices as files
+@pytest.mark.parametrize("args", [("perplexity", "/dev/zero"), ("score", "-f", "/dev/zero"),
+                                  ("perplexity", "/dev/null")])
+def test_a_device_is_not_read_as_a_text_file(cli, monkeypatch, args):
+    """`perplexity /dev/zero` read the device until the kernel killed the process for memory;
+    a device is refused without reading it (a pipe such as <(cmd) is still read)."""
+    real = Path.read_bytes
+
+    def read_bytes(self):
+        assert not str(self).startswith("/dev/"), f"read {self}"
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    one_line_error(cli(*args), 1, args[-1], "is a device")
+
+
+def test_a_pipe_is_still_read_as_a_text_file(cli, tmp_path):
+    import os
+    import threading
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    text = "ROMEO:\nBut soft, what light through yonder window breaks?\n"
+
+    def writer():
+        with open(fifo, "w") as f:
+            f.write(text)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    rc, out, err = cli("score", "-f", fifo)
+    thread.join(5)
+    assert rc == 0, err
+    assert out.count("\n") > 10 and "onder" in out

@@ -45,8 +45,18 @@ def read_text_file(path: Path, name: str = "FILE") -> str:
     """The UTF-8 text of ``path``.
 
     Raises:
-        LLMCLIError: missing, a directory, unreadable or not UTF-8 (naming ``name`` and path).
+        LLMCLIError: missing, a directory, a device or socket (``/dev/zero`` would be read
+        until memory runs out; a pipe such as ``<(cmd)`` is read), unreadable or not UTF-8
+        (naming ``name`` and path).
     """
+    import stat
+
+    try:
+        mode = Path(path).stat().st_mode
+    except OSError:
+        mode = None  # read_bytes below names the problem
+    if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISFIFO(mode)):
+        raise LLMCLIError(f"{name}: {path}: is a device or socket, not a text file")
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
