@@ -129,3 +129,36 @@ def test_a_pipe_is_still_read_as_a_text_file(cli, tmp_path):
     thread.join(5)
     assert rc == 0, err
     assert out.count("\n") > 10 and "onder" in out
+
+
+# ----------------------------------------------------------------------------- option ranges
+@pytest.mark.parametrize("args", [
+    ("generate", "ROMEO:", "-n", "2"), ("logits", "ROMEO:"), ("attribute", "ROMEO:"),
+    ("perplexity", "-"), ("compare", str(MODEL), str(MODEL), "ROMEO:"),
+])
+def test_a_thread_count_far_above_any_cpu_is_refused(cli, monkeypatch, args):
+    """`generate -t 100000` crashed the process in torch's OpenMP (segmentation fault, no
+    message); it is refused, naming the option, before torch is asked."""
+    import torch
+
+    asked = []
+    monkeypatch.setattr(torch, "set_num_threads", asked.append)
+    result = cli(*args, "-t", "100000", stdin="ROMEO: hi there\n")
+    assert asked == [], asked
+    one_line_error(result, 2, "--threads", "100000", "1024")
+
+
+def test_train_threads_are_bounded_too(cli, tmp_path):
+    corpus = tmp_path / "play.txt"
+    corpus.write_text("ROMEO: hi\n" * 50)
+    one_line_error(cli("train", corpus, "-o", tmp_path / "out", "--threads", "5000"), 2,
+                   "--threads", "5000")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_range_with_one_bound_is_a_whole_sentence(cli):
+    """compare -k 0 said "-k: 0 is out of range [1, " (the interval cut after its lower bound)."""
+    line = one_line_error(cli("compare", MODEL, MODEL, "ROMEO: hi", "-k", "0"), 2, "-k")
+    assert line == "error: -k: must be at least 1, got 0", line
+    line = one_line_error(cli("compare", MODEL, MODEL, "ROMEO: hi", "--rows", "-1"), 2, "--rows")
+    assert line == "error: --rows: must be at least 0, got -1", line

@@ -222,13 +222,29 @@ def seconds_since_process_start() -> float:
     return time.perf_counter() - _IMPORTED_AT
 
 
+#: The most torch threads ``-t/--threads`` asks for: far more than any CPU has; torch's OpenMP
+#: crashes the process (segmentation fault) or fails to start threads far above it.
+MAX_THREADS = 1024
+
+
+def check_threads(threads: int | None, name: str = "--threads") -> None:
+    """Raise :class:`UsageError` naming ``name`` unless ``threads`` is None or in [1, MAX_THREADS]."""
+    if threads is not None and not 1 <= threads <= MAX_THREADS:
+        raise UsageError(f"{name}: must be at least 1, got {threads}" if threads < 1 else
+                         f"{name}: {threads} is more than {MAX_THREADS} (this machine has "
+                         f"{os.cpu_count() or '?'} CPUs)")
+
+
 def set_threads(threads: int | None) -> int:
-    """Set torch's intra-op threads (default 1; see the benchmark notes in the README)."""
+    """Set torch's intra-op threads (default 1; see the benchmark notes in the README).
+
+    Raises:
+        UsageError: ``threads`` below 1 or above :data:`MAX_THREADS`.
+    """
     import torch
 
     n = 1 if threads is None else threads
-    if n < 1:
-        raise UsageError(f"--threads: must be at least 1, got {n}")
+    check_threads(n)
     torch.set_num_threads(n)
     return n
 
@@ -256,9 +272,15 @@ def check_range(name: str, value, lo=None, hi=None, lo_open=False, hi_open=False
     bad = ((lo is not None and (value <= lo if lo_open else value < lo))
            or (hi is not None and (value >= hi if hi_open else value > hi)))
     if bad:
-        lo_s = "" if lo is None else ("(" if lo_open else "[") + str(lo)
-        hi_s = "" if hi is None else str(hi) + (")" if hi_open else "]")
-        raise UsageError(f"{name}: {value} is out of range {lo_s}, {hi_s}".replace(" , ", ", "))
+        if hi is None:  # a bound on one side only: no half-written interval ("[1, ")
+            raise UsageError(f"{name}: must be {'more than' if lo_open else 'at least'} {lo}, "
+                             f"got {value}")
+        if lo is None:
+            raise UsageError(f"{name}: must be {'less than' if hi_open else 'at most'} {hi}, "
+                             f"got {value}")
+        lo_s = ("(" if lo_open else "[") + str(lo)
+        hi_s = str(hi) + (")" if hi_open else "]")
+        raise UsageError(f"{name}: {value} is out of range {lo_s}, {hi_s}")
 
 
 __all__ = ["LLMCLIError", "UsageError", "resolve_model_dir", "read_prompt", "set_threads"]

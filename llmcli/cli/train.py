@@ -106,6 +106,9 @@ def train_command(
                         ("--warmup-steps", warmup_steps)):
         if not (math.isfinite(value) and value >= 0):
             raise UsageError(f"{name}: must be 0 or more, got {value:g}")
+    from llmcli.cli.common import check_threads
+
+    check_threads(threads)
     if not 0 <= seed < 2**63:  # as generate's --seed (torch generators take 64 bits)
         raise UsageError(f"--seed: must be in [0, 2^63), got {seed}")
     if precision not in ("float32", "bfloat16"):

@@ -51,8 +51,9 @@ def check_model_options(dtype: str, threads: int | None) -> None:
 
     if dtype not in DTYPES:
         raise UsageError(f"--dtype: {dtype!r} is not one of {', '.join(DTYPES)}")
-    if threads is not None and threads < 1:
-        raise UsageError(f"--threads: must be at least 1, got {threads}")
+    from llmcli.cli.common import check_threads
+
+    check_threads(threads)
 
 
 def load_side(model: Path | None, label: str = "") -> Loaded:
