@@ -99,7 +99,9 @@ def check_output_file(path: Path | str, option: str = "--save", force: bool = Fa
             raise LLMCLIError(f"{label}: is a symbolic link; give the file's real path "
                               "(llmcli does not write through links)")
         if stat.S_ISDIR(st.st_mode):
-            raise LLMCLIError(f"{label}: is a directory; give a file name such as out.safetensors")
+            example = {"--save-svg": "out.svg", "--save-html": "out.html"}.get(option or "",
+                                                                            "out.safetensors")
+            raise LLMCLIError(f"{label}: is a directory; give a file name such as {example}")
         if not stat.S_ISREG(st.st_mode):
             raise LLMCLIError(f"{label}: is not a regular file (a device, pipe or socket); "
                               "give a file name")

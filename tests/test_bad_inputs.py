@@ -162,3 +162,13 @@ def test_a_range_with_one_bound_is_a_whole_sentence(cli):
     assert line == "error: -k: must be at least 1, got 0", line
     line = one_line_error(cli("compare", MODEL, MODEL, "ROMEO: hi", "--rows", "-1"), 2, "--rows")
     assert line == "error: --rows: must be at least 0, got -1", line
+
+
+# ----------------------------------------------------------------------------- --save-* paths
+@pytest.mark.parametrize("command,option,example", [
+    ("topk", "--save-svg", "out.svg"), ("score", "--save-html", "out.html"),
+    ("logits", "--save", "out.safetensors")])
+def test_a_directory_as_save_path_suggests_a_name_of_its_kind(cli, tmp_path, command, option, example):
+    """`--save-svg DIR` suggested "a file name such as out.safetensors"."""
+    one_line_error(cli(command, "ROMEO: hi", option, tmp_path), 1, option, "is a directory", example)
+    assert list(tmp_path.iterdir()) == []
