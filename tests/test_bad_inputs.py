@@ -172,3 +172,21 @@ def test_a_directory_as_save_path_suggests_a_name_of_its_kind(cli, tmp_path, com
     """`--save-svg DIR` suggested "a file name such as out.safetensors"."""
     one_line_error(cli(command, "ROMEO: hi", option, tmp_path), 1, option, "is a directory", example)
     assert list(tmp_path.iterdir()) == []
+
+
+class FullDevice(ClosedPipe):
+    """stdout on a full disk (``> /dev/full``): every write fails with ENOSPC."""
+
+    def write(self, s: str) -> int:
+        import errno
+
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def flush(self) -> None:
+        self.write("")
+
+
+@pytest.mark.parametrize("args", [("tokenize", "ROMEO:"), ("score", "ROMEO: hi"), ("info",)])
+def test_a_full_stdout_is_named(cli, args):
+    """`llmcli tokenize TEXT > /dev/full` said only "error: No space left on device"."""
+    one_line_error(cli(*args, stdout=FullDevice()), 1, "stdout", "No space left on device")

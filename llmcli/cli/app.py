@@ -6,6 +6,7 @@ generation, inspection) → render (rich or JSON).
 
 from __future__ import annotations
 
+import errno
 import inspect
 import os
 import sys
@@ -227,7 +228,12 @@ def main() -> None:
         if debug:
             raise
         reason = exc.strerror or f"{type(exc).__name__}: {exc}"
-        _stderr_line(f"error: {exc.filename}: {reason}" if exc.filename else f"error: {reason}")
+        if exc.filename:
+            _stderr_line(f"error: {exc.filename}: {reason}")
+        elif exc.errno in _FULL:  # files llmcli writes are named (llmcli.outputs): this is stdout
+            _stderr_line(f"error: stdout: {reason}")
+        else:
+            _stderr_line(f"error: {reason}")
         sys.exit(1)
     except Exception as exc:  # unexpected: still one line unless --debug
         if debug:
@@ -235,6 +241,10 @@ def main() -> None:
         _stderr_line(f"error: {type(exc).__name__}: {exc} (run `llmcli --debug ...` for a traceback)")
         sys.exit(1)
     sys.exit(code if isinstance(code, int) and not isinstance(code, bool) else 0)
+
+
+#: errno values of a write that found no room (``llmcli tokenize TEXT > /dev/full``).
+_FULL = {getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EFBIG") if hasattr(errno, name)}
 
 
 def _stderr_line(text: str) -> None:
