@@ -158,6 +158,7 @@ def read_into(dest, path: Path, first: int, end: int, dtype) -> None:
     row_bytes = (end - first) // rows if rows else 0
     step = max(1, _CHUNK_BYTES // row_bytes) if row_bytes else rows
     target = dest if shape else dest.view(1)
+    transposed = len(shape) == 2 and not dest.is_contiguous() and dest.t().is_contiguous()
     with path.open("rb") as fh:
         fh.seek(first)
         for r0 in range(0, rows, step):
@@ -166,7 +167,11 @@ def read_into(dest, path: Path, first: int, end: int, dtype) -> None:
             if fh.readinto(buf) != len(buf):
                 raise LLMCLIError(f"{path}: truncated (a tensor's data ends past the end of the file)")
             chunk = torch.frombuffer(buf, dtype=dtype).view(r, *shape[1:])
-            target[r0:r0 + r].copy_(chunk)
+            if transposed:   # (out, in) view of (in, out) storage: columns r0.. of the storage
+                # torch's blocked transpose (a contiguous destination), then whole rows
+                target[r0:r0 + r].t().copy_(chunk.t().contiguous())
+            else:
+                target[r0:r0 + r].copy_(chunk)
 
 
 def build_empty(cls, config):
