@@ -190,3 +190,53 @@ class FullDevice(ClosedPipe):
 def test_a_full_stdout_is_named(cli, args):
     """`llmcli tokenize TEXT > /dev/full` said only "error: No space left on device"."""
     one_line_error(cli(*args, stdout=FullDevice()), 1, "stdout", "No space left on device")
+
+
+# ----------------------------------------------------------------------------- narrow terminals
+class Terminal(io.StringIO):
+    """stdout that says it is a terminal (its width comes from COLUMNS)."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def _terminal_lines(cli, monkeypatch, width: int, *args: str) -> list[str]:
+    import re
+
+    monkeypatch.setenv("COLUMNS", str(width))
+    monkeypatch.setenv("TERM", "xterm-256color")
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    screen = Terminal()
+    rc, _, err = cli(*args, stdout=screen)
+    assert rc == 0, err
+    text = re.sub(r"\x1b\[[0-9;?]*[ -/]*[@-~]", "", screen.getvalue())
+    lines = text.split("\n")
+    assert max(len(line) for line in lines) <= width, [l for l in lines if len(l) > width][:2]
+    return lines
+
+
+@pytest.mark.parametrize("width", [40, 80])
+def test_attribute_table_keeps_its_numbers_whole_in_a_narrow_terminal(cli, monkeypatch, width):
+    """At 40 columns every pos, id, value and score cell of attribute's table was "…": the
+    bars, then the ids, give way first."""
+    import json
+
+    text = "ROMEO: What light through yonder window"
+    doc = json.loads(cli("attribute", text, "--json")[1])
+    lines = _terminal_lines(cli, monkeypatch, width, "attribute", text)
+    assert not any("…" in line for line in lines), [l for l in lines if "…" in l][:3]
+    for t in doc["tokens"]:
+        assert any(f"{t['value']:+.4f}" in line and f"{t['score']:.4f}" in line
+                   for line in lines), t
+    if width == 80:   # room for the ids and the bars
+        assert any("█" in line for line in lines)
+        assert any(str(t["id"]) in line for t in doc["tokens"] for line in lines if t["id"] > 1000)
+
+
+@pytest.mark.parametrize("width", [40, 80])
+def test_compare_table_keeps_positions_and_kl_whole_in_a_narrow_terminal(cli, monkeypatch, width):
+    """At 40 columns compare's pos, next and KL cells were "…": the candidates wrap instead."""
+    lines = _terminal_lines(cli, monkeypatch, width, "compare", MODEL, MODEL, "ROMEO: But soft")
+    rows = [line.split() for line in lines if line[:5].strip().isdigit()]
+    assert [int(r[0]) for r in rows] == list(range(len(rows))) and len(rows) >= 6
+    assert all(r[2] == "0" for r in rows), rows   # KL(A‖A) = 0, whole

@@ -142,14 +142,20 @@ def attribution_rich(result, con) -> None:
             legend.append("  ", style=Style(bgcolor=Color.from_rgb(r, g, b)))
         legend.append(" " + legend_text(result), style="dim")
         con.print(legend)
-    width = max(4, min(20, con.width - 52))
-    table = _table(("#", "right"), ("pos", "right"), ("id", "right"), ("piece", "left"),
-                   ("value", "right"), ("score", "right"), ("", "left"))
+    # A narrow terminal drops the bars, then the ids, before any number is cut to "…"
+    # (at 40 columns every pos, id, value and score cell was "…").
+    width = min(20, con.width - 52)
+    with_bar, with_id = width >= 4, con.width >= 50
+    columns = [("#", "right"), ("pos", "right"), ("id", "right"), ("piece", "left"),
+               ("value", "right"), ("score", "right"), ("", "left")]
+    keep = [True, True, with_id, True, True, True, with_bar]
+    table = _table(*[c for c, k in zip(columns, keep) if k])
     top = max(result.scores, default=0.0) or 1.0
     for row, t in zip(table_rows(result), result.ranked()):
         style = "red" if t["value"] >= 0 or not signed(result) else "blue"
-        table.add_row(*row[:4], Text(row[4], style=style), row[5],
-                      Text(bar(t["score"] / top, width), style=style))
+        cells = [*row[:4], Text(row[4], style=style), row[5],
+                 Text(bar(t["score"] / top, max(width, 1)), style=style)]
+        table.add_row(*[c for c, k in zip(cells, keep) if k])
     con.print(table)
     for line in _explain_lines(result):
         con.print(line, style="dim", markup=False, highlight=False)

@@ -128,6 +128,8 @@ def compare_rich(summary, kept: Kept, con) -> None:
     else:
         table = _table(("pos", "right"), ("next", "left"), ("KL(A‖B)", "right"), ("", "left"),
                        ("", "left"), ("top-k (prob)", "left"))
+    for column in table.columns[4 if wide else 5:]:
+        column.no_wrap = False  # a narrow terminal wraps the candidates, never cuts pos or KL
     for d in kept.shown():
         mark = Text("≠", style="bold red") if not d.same_argmax else Text("")
         kl = Text(f"{d.kl:.4g}", style="red" if not d.same_argmax else "")
