@@ -240,3 +240,43 @@ def test_compare_table_keeps_positions_and_kl_whole_in_a_narrow_terminal(cli, mo
     rows = [line.split() for line in lines if line[:5].strip().isdigit()]
     assert [int(r[0]) for r in rows] == list(range(len(rows))) and len(rows) >= 6
     assert all(r[2] == "0" for r in rows), rows   # KL(A‖A) = 0, whole
+
+
+# ----------------------------------------------------------------------------- Ctrl-C
+def test_ctrl_c_in_score_json_leaves_a_document_that_parses(cli, monkeypatch, tmp_path):
+    """Ctrl-C during `score --json` left stdout cut inside the "content" array (no summary,
+    not JSON) and said nothing: the document is closed with "interrupted": true, stderr says
+    [interrupted], exit 130, no picture."""
+    import json
+
+    import llmcli.inspection.score as S
+
+    real = S.score_tokens
+
+    def interrupted(*args, **kwargs):
+        for i, t in enumerate(real(*args, **kwargs)):
+            if i == 5:
+                raise KeyboardInterrupt
+            yield t
+
+    monkeypatch.setattr(S, "score_tokens", interrupted)
+    svg = tmp_path / "s.svg"
+    rc, out, err = cli("score", "ROMEO:\nBut soft, what light through yonder window breaks?",
+                       "--json", "--save-svg", svg)
+    assert (rc, err.strip()) == (130, "[interrupted]"), (rc, err)
+    doc = json.loads(out)
+    assert len(doc["content"]) == 5 and doc["summary"]["interrupted"] is True
+    assert doc["summary"]["tokens"] == 5
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_says_interrupted(cli, monkeypatch):
+    """Ctrl-C in perplexity (or any command without its own handler) exited 130 silently."""
+    import llmcli.inspection.perplexity as PP
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(PP, "perplexity", boom)
+    rc, out, err = cli("perplexity", "-", stdin="ROMEO:\nBut soft, what light through yonder\n" * 3)
+    assert (rc, out, err.strip()) == (130, "", "[interrupted]"), (rc, out, err)

@@ -121,6 +121,9 @@ def command():
             return invoke(ctx)
         except BrokenPipeError:
             raise _ReaderGone() from None
+        except KeyboardInterrupt:  # Typer would exit 130 without a word; say so, as generate does
+            _stderr_line("[interrupted]")
+            raise typer.Exit(130) from None
 
     root.invoke = invoke_reporting_broken_pipe
     return root

@@ -373,6 +373,12 @@ def score_command(
                 spans.add(t)
             if writer is not None:
                 writer.add(t)
+    except KeyboardInterrupt:
+        # Ctrl-C: --json's document is closed (the tokens so far, "interrupted": true in the
+        # summary) so that stdout still parses; no picture is written.
+        if isinstance(writer, R.ScoreJsonWriter):
+            writer.close(summary, interrupted=True)
+        raise
     finally:
         progress.close()
     if writer is not None:

@@ -225,9 +225,12 @@ class ScoreJsonWriter:
                                          allow_nan=False))
         self.n += 1
 
-    def close(self, summary) -> None:
-        self.file.write('\n], "summary": ' + json.dumps(jsonable(summary.to_dict()),
-                                                       ensure_ascii=False, allow_nan=False) + "}\n")
+    def close(self, summary, interrupted: bool = False) -> None:
+        """End the document; ``interrupted`` (Ctrl-C) adds ``"interrupted": true`` to the
+        summary of the tokens written so far."""
+        doc = summary.to_dict() | ({"interrupted": True} if interrupted else {})
+        self.file.write('\n], "summary": ' + json.dumps(jsonable(doc), ensure_ascii=False,
+                                                       allow_nan=False) + "}\n")
         self.file.flush()
 
 
