@@ -280,3 +280,22 @@ def test_ctrl_c_says_interrupted(cli, monkeypatch):
     monkeypatch.setattr(PP, "perplexity", boom)
     rc, out, err = cli("perplexity", "-", stdin="ROMEO:\nBut soft, what light through yonder\n" * 3)
     assert (rc, out, err.strip()) == (130, "", "[interrupted]"), (rc, out, err)
+
+
+# ----------------------------------------------------------------------------- llama.cpp's flags
+def test_attribute_and_score_take_p_and_perplexity_takes_f(cli, tmp_path):
+    """-p/--prompt (as generate, topk, trace, ...) was "No such option: -p" in attribute and
+    score; perplexity lacked llama-perplexity's -f FILE."""
+    text = "ROMEO:\nBut soft, what light through yonder window breaks?"
+    for command in ("attribute", "score"):
+        positional = cli(command, text, "--json")
+        assert positional[0] == 0, positional[2]
+        assert cli(command, "-p", text, "--json")[1] == positional[1]
+        assert cli(command, "--prompt", text, "--json")[1] == positional[1]
+        one_line_error(cli(command, "-p", text, text), 2, "-p/--prompt", "not both")
+    play = tmp_path / "play.txt"
+    play.write_text(text + "\n")
+    positional = cli("perplexity", play, "--json")
+    assert positional[0] == 0, positional[2]
+    assert cli("perplexity", "-f", play, "--json")[1] == positional[1]
+    one_line_error(cli("perplexity", "-f", play, play), 2, "-f/--file", "not both")

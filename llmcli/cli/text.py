@@ -167,6 +167,9 @@ def _text_source(file: Path | None, text: str | None = None) -> tuple[str, str]:
 def perplexity_command(
     file: Annotated[Optional[Path], typer.Argument(
         help="Text file (UTF-8); '-' or absent reads stdin (when piped).", show_default=False)] = None,
+    file_opt: Annotated[Optional[Path], typer.Option(
+        "-f", "--file", help="The file as an option (as llama-perplexity's -f): the same as FILE.",
+        show_default=False, metavar="FILE")] = None,
     model: ModelOpt = None,
     context: ContextOpt = None,
     stride: StrideOpt = None,
@@ -212,7 +215,7 @@ def perplexity_command(
 
         llmcli perplexity play.txt
 
-        llmcli perplexity -m smol -c 256 --rule llama.cpp LICENSE.txt
+        llmcli perplexity -m smol -c 256 --rule llama.cpp -f LICENSE.txt
 
         cat notes.txt | llmcli perplexity -c 128 --stride 64 --json
     """
@@ -220,6 +223,9 @@ def perplexity_command(
     from llmcli.inspection.perplexity import RULES
 
     _check_light_options(dtype, threads)
+    if file is not None and file_opt is not None:
+        raise UsageError("-f/--file: give the file once, as FILE or with -f/--file, not both")
+    file = file_opt if file_opt is not None else file
     if rule not in RULES:
         raise UsageError(f"--rule: {rule!r} is not one of {', '.join(RULES)}")
     if rule == "llama.cpp" and stride is not None:
@@ -275,6 +281,9 @@ def score_command(
     file: Annotated[Optional[Path], typer.Option(
         "-f", "--file", help="Read the text from this file (UTF-8) instead.", show_default=False,
         metavar="FILE")] = None,
+    prompt_opt: Annotated[Optional[str], typer.Option(
+        "-p", "--prompt", help="The text as an option (as llama.cpp's -p): the same as TEXT; give "
+                               "one or the other.", show_default=False)] = None,
     model: ModelOpt = None,
     color_by: Annotated[str, typer.Option(
         "--color-by", help="Colour tokens by rank (GLTR's buckets: top-1, top-10, top-100, "
@@ -327,6 +336,9 @@ def score_command(
     from llmcli.render.score import COLOR_BY
 
     _check_light_options(dtype, threads)
+    from llmcli.cli.common import pick_prompt
+
+    text = pick_prompt(text, prompt_opt, "TEXT")
     if color_by not in COLOR_BY:
         raise UsageError(f"--color-by: {color_by!r} is not one of {', '.join(COLOR_BY)}")
     if not 0 <= top_logprobs <= 20:

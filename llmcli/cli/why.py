@@ -14,13 +14,16 @@ from typing import Annotated, Any, List, Optional
 
 import typer
 
-from llmcli.cli.common import (DeviceOpt, DtypeOpt, ModelOpt, ThreadsOpt, read_prompt,
+from llmcli.cli.common import (DeviceOpt, DtypeOpt, ModelOpt, ThreadsOpt, pick_prompt, read_prompt,
                                resolve_model_dir)
 from llmcli.errors import LLMCLIError, UsageError
 
 TextArg = Annotated[Optional[str], typer.Argument(
     help="Text whose next-token prediction is explained; '-' or absent reads stdin (when piped).",
     show_default=False)]
+TextPromptOpt = Annotated[Optional[str], typer.Option(   # as generate's, topk's, trace's -p
+    "-p", "--prompt", help="The text as an option (as llama.cpp's -p): the same as TEXT; give one "
+                           "or the other.", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 NoBosOpt = Annotated[bool, typer.Option(
     "--no-bos", help="Add no special tokens (no BOS) before the text; by default the tokenizer's "
@@ -106,6 +109,7 @@ def output_mode(json_flag: bool) -> str:
 # ----------------------------------------------------------------------------- attribute
 def attribute_command(
     text: TextArg = None,
+    prompt_opt: TextPromptOpt = None,
     model: ModelOpt = None,
     target: Annotated[Optional[str], typer.Option(
         "--target", help="The next token to explain (text such as ' Paris', or a vocabulary piece "
@@ -173,7 +177,7 @@ def attribute_command(
         raise UsageError("--baseline: only with --method occlusion")
     check_model_options(dtype, threads)
     check_save_paths(save_svg, save_html, force)
-    source = read_prompt(text)
+    source = read_prompt(pick_prompt(text, prompt_opt, "TEXT"))
     side = load_side(model)
     ids = side.tokenizer.encode(source, add_bos=False if no_bos else None, special=special)
     if not ids:
