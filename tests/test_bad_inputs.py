@@ -299,3 +299,13 @@ def test_attribute_and_score_take_p_and_perplexity_takes_f(cli, tmp_path):
     assert positional[0] == 0, positional[2]
     assert cli("perplexity", "-f", play, "--json")[1] == positional[1]
     one_line_error(cli("perplexity", "-f", play, play), 2, "-f/--file", "not both")
+
+
+def test_train_takes_t_and_c_as_every_other_command(cli, tmp_path):
+    """train had --threads and --context but not -t and -c (every model command has -t, and
+    -c/--ctx-size is llama.cpp's context flag)."""
+    corpus = tmp_path / "play.txt"
+    corpus.write_text("ROMEO: hi\n" * 50)
+    one_line_error(cli("train", corpus, "-o", tmp_path / "out", "-t", "0"), 2, "--threads")
+    one_line_error(cli("train", corpus, "-o", tmp_path / "out", "-c", "0"), 2, "--context")
+    one_line_error(cli("train", corpus, "-o", tmp_path / "out", "--ctx-size", "0"), 2, "--context")

@@ -52,6 +52,7 @@ def train_command(
     kv_heads: Annotated[Optional[int], typer.Option(
         show_default=False, help="num_key_value_heads. Default: --heads.")] = None,
     context: Annotated[int, typer.Option(
+        "-c", "--context", "--ctx-size",
         help="Training context in tokens (max_position_embeddings).")] = 256,
     batch_size: Annotated[int, typer.Option(help="Sequences per step.")] = 16,
     max_steps: Annotated[int, typer.Option(help="Optimiser steps (the cosine schedule's length).")] = 2200,
@@ -68,7 +69,7 @@ def train_command(
              "training, evaluation, the card's samples). Training stops early enough to fit; "
              "the learning-rate schedule and the progress bar follow it.")] = 52.0,
     seed: Annotated[int, typer.Option("-s", "--seed", help="Random seed.")] = 1337,
-    threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
+    threads: Annotated[int, typer.Option("-t", "--threads", help="torch threads.")] = 2,
     precision: Annotated[str, typer.Option(
         help="float32, or bfloat16 (bf16 autocast for the matmuls, float32 weights; about 2x "
              "faster on CPUs with AVX512-BF16).")] = "float32",
