@@ -309,3 +309,18 @@ def test_train_takes_t_and_c_as_every_other_command(cli, tmp_path):
     one_line_error(cli("train", corpus, "-o", tmp_path / "out", "-t", "0"), 2, "--threads")
     one_line_error(cli("train", corpus, "-o", tmp_path / "out", "-c", "0"), 2, "--context")
     one_line_error(cli("train", corpus, "-o", tmp_path / "out", "--ctx-size", "0"), 2, "--context")
+
+
+# ----------------------------------------------------------------------------- argument names
+@pytest.mark.parametrize("args", [("logits",), ("attribute",), ("compare", str(MODEL), str(MODEL)),
+                                  ("tokenize",), ("score",)])
+def test_missing_text_names_the_commands_argument(cli, monkeypatch, args):
+    """With stdin a terminal and no text, attribute, compare and the inspection commands said
+    "PROMPT: missing", an argument they do not have (theirs is TEXT)."""
+    monkeypatch.setattr("llmcli.cli.common._stdin_is_tty", lambda: True)
+    one_line_error(cli(*args), 2, "TEXT: missing")
+
+
+def test_generate_still_names_its_prompt(cli, monkeypatch):
+    monkeypatch.setattr("llmcli.cli.common._stdin_is_tty", lambda: True)
+    one_line_error(cli("generate"), 2, "PROMPT: missing")

@@ -32,7 +32,7 @@ def test_invalid_utf8_argument_is_a_usage_error():
     proc = subprocess.run([sys.executable, "-m", "llmcli", "tokenize", "--ids", os.fsdecode(b"ab\xff")],
                           capture_output=True, cwd=ROOT)
     line = one_line_error(proc, 2)
-    assert "PROMPT: not valid UTF-8 (byte 0xff at character 2)" in line
+    assert "TEXT: not valid UTF-8 (byte 0xff at character 2)" in line
 
 
 def test_invalid_utf8_stdin_is_a_usage_error():

@@ -72,11 +72,11 @@ def _convert_hint(files: list[Path]) -> str:
             "(see `llmcli convert --help`)" if convertible else "")
 
 
-def read_prompt(prompt: str | None, allow_empty: bool = False) -> str:
+def read_prompt(prompt: str | None, allow_empty: bool = False, name: str = "PROMPT") -> str:
     """The prompt text: the argument, stdin when the argument is ``-`` or absent and stdin is
     not a terminal, or both joined with a newline (argument first) when both are given.
 
-    Never waits on a terminal's stdin.
+    Never waits on a terminal's stdin. ``name`` is the argument's name in errors (``TEXT``).
 
     Raises:
         UsageError: no prompt at all (argument absent and stdin is a terminal).
@@ -84,13 +84,13 @@ def read_prompt(prompt: str | None, allow_empty: bool = False) -> str:
     stdin_text = None
     stdin_piped = not _stdin_is_tty()
     if prompt is not None and prompt != "-":
-        _check_utf8(prompt, "PROMPT")
+        _check_utf8(prompt, name)
     if prompt == "-" or (prompt is None and stdin_piped):
         return _read_stdin() if stdin_piped else ""
     if prompt is None:
         if allow_empty:
             return ""
-        raise UsageError("PROMPT: missing (give it as an argument, or pipe text on stdin)")
+        raise UsageError(f"{name}: missing (give it as an argument, or pipe text on stdin)")
     if stdin_piped and os.environ.get("LLMCLI_JOIN_STDIN", "1") != "0":
         try:
             if not sys.stdin.closed and _stdin_has_data():

@@ -119,7 +119,7 @@ def _prepare(text_arg: str | None, model: Path | None, dtype: str, threads: int 
     from llmcli.models import load_config
 
     _check_light_options(dtype, threads)
-    text = read_prompt(pick_prompt(text_arg, prompt_opt, "TEXT"))
+    text = read_prompt(pick_prompt(text_arg, prompt_opt, "TEXT"), name="TEXT")
     model_dir, tokenizer = _tokenizer(model)
     config = load_config(model_dir / "config.json")
     context, source = resolve_context(ctx_size, config)
@@ -243,7 +243,7 @@ def tokenize_command(
     if sum([ids, count, json_out]) > 1:
         raise UsageError("--ids, --count and --json: choose one")
     _check_light_options(dtype, threads)
-    source = read_prompt(pick_prompt(text, prompt_opt, "TEXT"))
+    source = read_prompt(pick_prompt(text, prompt_opt, "TEXT"), name="TEXT")
     model_dir, tokenizer = _tokenizer(model)
     result = tokenize_text(tokenizer, source, add_bos=False if no_bos else None, special=special)
     result.context_length = _context_length(model_dir)

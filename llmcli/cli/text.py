@@ -349,7 +349,7 @@ def score_command(
     if file is not None:
         source_text, source = _text_source(file)
     else:
-        source_text = read_prompt(text, allow_empty=True)
+        source_text = read_prompt(text, allow_empty=True, name="TEXT")
         source = "stdin" if text in (None, "-") else "TEXT"
         if not source_text and text is None:
             from llmcli.cli.common import _stdin_is_tty

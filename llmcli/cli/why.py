@@ -177,7 +177,7 @@ def attribute_command(
         raise UsageError("--baseline: only with --method occlusion")
     check_model_options(dtype, threads)
     check_save_paths(save_svg, save_html, force)
-    source = read_prompt(pick_prompt(text, prompt_opt, "TEXT"))
+    source = read_prompt(pick_prompt(text, prompt_opt, "TEXT"), name="TEXT")
     side = load_side(model)
     ids = side.tokenizer.encode(source, add_bos=False if no_bos else None, special=special)
     if not ids:
@@ -348,7 +348,7 @@ def _model_sides(dir_a: str, dir_b: str, text: str | None, no_bos: bool, special
                  dtype_b: str, device: str, threads: int | None, ctx_size: int | None):
     from llmcli.inspection.compare import Side, Summary, first_difference, vocabulary_note
 
-    source = read_prompt(text)
+    source = read_prompt(text, name="TEXT")
     sa = load_side(Path(dir_a), label="A: ")
     sb = load_side(Path(dir_b), label="B: ")
     add = False if no_bos else None
@@ -388,7 +388,7 @@ def _prompt_sides(text: str | None, model: Path | None, prompt_a: str | None, pr
     from llmcli.cli.common import _check_utf8
     from llmcli.inspection.compare import Side, Summary
 
-    source = read_prompt(text, allow_empty=True)
+    source = read_prompt(text, allow_empty=True, name="TEXT")
     for name, p in (("--prompt-a", prompt_a), ("--prompt-b", prompt_b)):
         if p is not None:
             _check_utf8(p, name)
