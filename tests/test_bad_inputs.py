@@ -324,3 +324,19 @@ def test_missing_text_names_the_commands_argument(cli, monkeypatch, args):
 def test_generate_still_names_its_prompt(cli, monkeypatch):
     monkeypatch.setattr("llmcli.cli.common._stdin_is_tty", lambda: True)
     one_line_error(cli("generate"), 2, "PROMPT: missing")
+
+
+# ----------------------------------------------------------------------------- numbers in tables
+@pytest.mark.parametrize("command", ["topk", "trace"])
+def test_huge_logprobs_keep_the_table_narrow(cli, command):
+    """--temp 1e-38 (the greedy limit) gives logprobs near -3e38; printed with 4 decimals they
+    were 45 characters wide ("-307759761810302677895779488236417581056.0000") and pushed the
+    table past 80 columns. They are written in 4 significant digits, still exact to that."""
+    import re
+
+    rc, out, err = cli(command, "ROMEO:", "--temp", "1e-38", "--rows", "3")
+    assert rc == 0, err
+    table = [line for line in out.splitlines() if re.match(r"\s+[23]\s+\d+\s", line)]
+    assert len(table) == 2, out
+    for line in table:
+        assert len(line) <= 80 and re.search(r"-\d\.\d{3}e\+38\b", line), line

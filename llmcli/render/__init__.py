@@ -211,6 +211,13 @@ def _bar_width(con, reserved: int = 64) -> int:
     return max(4, min(24, con.width - reserved))
 
 
+def fixed4(x: float) -> str:
+    """``x`` with 4 decimals, or in 4 significant digits when that would be wider than a
+    column holds: a tiny ``--temp`` makes logprobs like -3.078e+38 (printed with 4 decimals
+    they were 45 characters and pushed the table past the terminal's width)."""
+    return f"{x:.4f}" if not math.isfinite(x) or abs(x) < 1e6 else f"{x:.4g}"
+
+
 def _table(*columns: tuple[str, str], title: str | None = None):
     from rich import box
     from rich.table import Table
@@ -624,7 +631,7 @@ def topk_plain(result) -> str:
         rows = []
         for c in step.candidates:
             rows.append([c["rank"] + 1, c["id"], visible(c["piece"]), f"{c['logit']:.4f}",
-                         bar(c["prob"], 20), f"{c['prob']:.4f}", f"{c['logprob']:.4f}",
+                         bar(c["prob"], 20), f"{c['prob']:.4f}", fixed4(c['logprob']),
                          f"{c['cumulative']:.4f}"])
         table = plain_table(["rank", "id", "piece", "logit", "prob", "", "logprob", "cum"],
                             rows, right=(0, 1, 3, 5, 6, 7)).rstrip("\n").split("\n")
@@ -662,7 +669,7 @@ def _candidate_table(con, cands: list[dict], chosen_id: int | None = None,
         if logit:
             row.append(f"{c['logit']:.4f}")
         row += [lambda w, p=c["prob"], st=style: Text(bar(p, w), style=st), f"{c['prob']:.4f}",
-                f"{c['logprob']:.4f}", f"{c['cumulative']:.4f}"]
+                fixed4(c['logprob']), f"{c['cumulative']:.4f}"]
         rows.append(row)
         styles.append("bold reverse" if chosen_id is not None and c["id"] == chosen_id else None)
     after = {}
@@ -999,7 +1006,7 @@ def trace_plain(result) -> str:
     out.append(f"== softmax (entropy {result.entropy_bits:.3f} bits) ==")
     out.append(plain_table(["rank", "id", "piece", "prob", "", "logprob"],
                            ([c["rank"] + 1, c["id"], visible(c["piece"]), bar(c["prob"], 20), f"{c['prob']:.4f}",
-                             f"{c['logprob']:.4f}"] for c in result.candidates), right=(0, 1, 4, 5)).rstrip("\n"))
+                             fixed4(c['logprob'])] for c in result.candidates), right=(0, 1, 4, 5)).rstrip("\n"))
     out.append("")
     c = result.chosen
     out.append(f"== chosen ({c['rule']}) ==")
@@ -1165,7 +1172,7 @@ def _bars_of(cands: list[dict], chosen_id: int | None = None, marks: dict[int, l
     rows, lead = [], []
     for c in cands:
         numbers = ([f"{c['logit']:.4f}"] if logit else []) + [
-            f"{c['prob']:.4f}", f"{c['logprob']:.4f}", f"{c['cumulative']:.4f}"]
+            f"{c['prob']:.4f}", fixed4(c['logprob']), f"{c['cumulative']:.4f}"]
         label = (marks or {}).get(c["rank"])
         rows.append(P.BarRow(visible(c["piece"]), c["prob"], numbers,
                              highlight=chosen_id is not None and c["id"] == chosen_id,
