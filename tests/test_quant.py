@@ -381,3 +381,16 @@ def test_cli_quant_option(tiny, cli_runner=None):
     assert quant.requested() is None       # the option's value does not outlive the command
     bad = runner.invoke(app, ["logits", "-m", str(tiny), "Once", "--quant", "q3"])
     assert bad.exit_code == 2 and "q4_1" in bad.output
+
+
+def test_info_counts_kept_blocks_as_their_matrices(kept, tmp_path):
+    from llmcli.convert import convert
+    from llmcli.inspection.info import model_info
+
+    src, _, out = kept["q4_1"]
+    convert(src, tmp_path / "f32")
+    ours, ref = model_info(out), model_info(tmp_path / "f32")
+    assert ours.parameters == ref.parameters
+    down = {t.name: t for t in ours.tensors}["model.layers.0.mlp.down_proj.weight"]
+    assert down.dtype == "q4_1" and down.shape == {t.name: t for t in ref.tensors}[down.name].shape
+    assert not [t for t in ours.tensors if t.name.endswith(("_scale", "_min"))]

@@ -111,6 +111,16 @@ def model_info(model_dir: Path | str) -> ModelInfo:
             source = source or {"format": file_source["format"], "types": {}}
             for ty in types.values():
                 source["types"][ty] = source["types"].get(ty, 0) + 1
+    qc = raw.get("quantization_config")
+    if isinstance(qc, dict) and qc.get("quant_method") == "llmcli":   # llmcli.quant's blocks
+        listed, by = qc.get("tensors") or {}, {t.name: t for t in tensors}
+        for name, scheme in listed.items():
+            t, parts = by.get(name), [by.get(name + sfx) for sfx in ("_scale", "_min")]
+            if t is None or len(t.shape) != 2:
+                continue      # the loader names the problem
+            t.shape = [t.shape[0], t.shape[1] * (1 if scheme == "q8_0" else 2)]
+            t.dtype, t.nbytes = scheme, t.nbytes + sum(p.nbytes for p in parts if p is not None)
+        tensors = [t for t in tensors if t.name.rsplit("_", 1)[0] not in listed]
     tensors.sort(key=lambda t: _tensor_sort_key(t, arch, layer_re))
     by_name = {t.name: t for t in tensors}
     counted = [t for t in tensors if not t.name.endswith(_BUFFER_SUFFIXES)]
