@@ -776,4 +776,7 @@ class LoadPlan:
                      f"in float and computed in float ({', '.join(unquantized[:3])})")
         elif self.scheme is not None:
             self.schemes = quantize_model(model, self.scheme, device)
+        if self.schemes and _LIB_ERROR is not None and warn is not None:
+            warn(f"llmcli's C kernel for quantized weights could not be built ({_LIB_ERROR}); "
+                 "using torch's slower 4-bit kernel")
         model.quantization = self.schemes or None

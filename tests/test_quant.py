@@ -394,3 +394,16 @@ def test_info_counts_kept_blocks_as_their_matrices(kept, tmp_path):
     down = {t.name: t for t in ours.tensors}["model.layers.0.mlp.down_proj.weight"]
     assert down.dtype == "q4_1" and down.shape == {t.name: t for t in ref.tensors}[down.name].shape
     assert not [t for t in ours.tensors if t.name.endswith(("_scale", "_min"))]
+
+
+def test_without_a_compiler_torch_kernel_and_one_warning(tiny, monkeypatch):
+    monkeypatch.setattr(quant, "_LIB", None)
+    monkeypatch.setattr(quant, "_LIB_ERROR", "no C compiler (cc, gcc or $CC) on PATH")
+    monkeypatch.delenv("LLMCLI_QUANT_KERNEL", raising=False)
+    notes = []
+    model, _ = load_model(tiny, quant="q4_0", warn=notes.append)
+    assert {m.kernel for m in model.modules() if isinstance(m, quant.QuantLinear)} == {"torch"}
+    assert len(notes) == 1 and "no C compiler" in notes[0] and "\n" not in notes[0]
+    monkeypatch.setenv("LLMCLI_QUANT_KERNEL", "c")
+    with pytest.raises(LLMCLIError, match="could not be built"):
+        quant.kernel_name()
