@@ -340,3 +340,25 @@ def test_huge_logprobs_keep_the_table_narrow(cli, command):
     assert len(table) == 2, out
     for line in table:
         assert len(line) <= 80 and re.search(r"-\d\.\d{3}e\+38\b", line), line
+
+
+def test_ctrl_c_in_compare_json_still_ends_with_the_summary(cli, monkeypatch):
+    """Ctrl-C during `compare --json` (JSON Lines) ended without its summary line."""
+    import json
+
+    import llmcli.inspection.compare as C
+
+    real = C.compare
+
+    def interrupted(*args, **kwargs):
+        for i, d in enumerate(real(*args, **kwargs)):
+            if i == 3:
+                raise KeyboardInterrupt
+            yield d
+
+    monkeypatch.setattr(C, "compare", interrupted)
+    rc, out, err = cli("compare", MODEL, MODEL, "ROMEO: But soft, what light", "--json")
+    assert (rc, err.strip()) == (130, "[interrupted]"), (rc, err)
+    records = [json.loads(line) for line in out.splitlines()]
+    assert len(records) == 4 and records[-1]["summary"]["interrupted"] is True
+    assert records[-1]["summary"]["positions"] == 3

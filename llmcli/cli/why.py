@@ -324,12 +324,19 @@ def compare_command(
 
     mode = output_mode(json_out)
     kept = Kept(rows)
-    with _progress(a.count, "compare") as advance:
-        for d in compare(a, b, k=k, window=window, next_ids=next_ids, progress=advance):
-            summary.add(d)
-            kept.add(d)              # at most --rows positions (for the table and the pictures)
-            if mode == "json":
-                json_line(d.to_dict())
+    try:
+        with _progress(a.count, "compare") as advance:
+            for d in compare(a, b, k=k, window=window, next_ids=next_ids, progress=advance):
+                summary.add(d)
+                kept.add(d)          # at most --rows positions (for the table and the pictures)
+                if mode == "json":
+                    json_line(d.to_dict())
+    except KeyboardInterrupt:
+        # Ctrl-C: --json still ends with its summary line (of the positions so far), as
+        # generate --json ends with its last record; no table, no picture.
+        if mode == "json":
+            json_line({"summary": summary.to_dict() | {"interrupted": True}})
+        raise
     if mode == "json":
         json_line({"summary": summary.to_dict()})
     elif mode == "rich":
