@@ -362,3 +362,15 @@ def test_ctrl_c_in_compare_json_still_ends_with_the_summary(cli, monkeypatch):
     records = [json.loads(line) for line in out.splitlines()]
     assert len(records) == 4 and records[-1]["summary"]["interrupted"] is True
     assert records[-1]["summary"]["positions"] == 3
+
+
+@pytest.mark.parametrize("command", [("attribute", "ROMEO:"), ("compare", str(MODEL), str(MODEL), "ROMEO:"),
+                                     ("topk", "ROMEO:"), ("score", "ROMEO: hi")])
+def test_the_same_picture_path_twice_is_refused_before_any_work(cli, tmp_path, monkeypatch, command):
+    """attribute and compare wrote the SVG, then failed on the HTML (or, with --force,
+    replaced the SVG by the HTML); score compared the paths as written (a.svg vs ./dir/a.svg)."""
+    monkeypatch.chdir(tmp_path)
+    for force in ([], ["--force"]):
+        one_line_error(cli(*command, "--save-svg", "same.svg", "--save-html", tmp_path / "same.svg", *force),
+                       2, "--save-svg and --save-html", "two different files")
+        assert list(tmp_path.iterdir()) == []

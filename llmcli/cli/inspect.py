@@ -172,7 +172,7 @@ def _check_pictures(svg: Path | None, html: Path | None, force: bool) -> None:
     from llmcli.render.pictures import check_picture_path
 
     if svg is not None and html is not None and Path(svg).absolute() == Path(html).absolute():
-        raise UsageError(f"--save-html: {html} is also the --save-svg file; give two names")
+        raise UsageError(f"--save-svg and --save-html: {html} twice; give two different files")
     for path, option in ((svg, "--save-svg"), (html, "--save-html")):
         if path is not None:
             check_picture_path(path, option, force)

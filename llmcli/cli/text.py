@@ -409,13 +409,9 @@ def _check_pictures(save_svg: Path | None, save_html: Path | None, force: bool) 
     """Check the --save-* paths before any work; True when a picture is asked for."""
     if save_svg is None and save_html is None:
         return False
-    if save_svg is not None and save_html is not None and Path(save_svg) == Path(save_html):
-        raise UsageError("--save-svg and --save-html: give two different files")
-    from llmcli.outputs import check_output_file
+    from llmcli.cli.inspect import _check_pictures as check  # one rule for every view
 
-    for option, path in (("--save-svg", save_svg), ("--save-html", save_html)):
-        if path is not None:
-            check_output_file(path, option, force)
+    check(save_svg, save_html, force)
     return True
 
 

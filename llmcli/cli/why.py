@@ -90,12 +90,11 @@ def note(message: str) -> None:
 
 
 def check_save_paths(save_svg: Path | None, save_html: Path | None, force: bool) -> None:
-    from llmcli.render.pictures import check_picture_path
+    """topk's and trace's rule: each path writable, and not both the same file (the HTML
+    failed after the SVG was written, or with --force replaced it)."""
+    from llmcli.cli.inspect import _check_pictures
 
-    if save_svg is not None:
-        check_picture_path(save_svg, "--save-svg", force)
-    if save_html is not None:
-        check_picture_path(save_html, "--save-html", force)
+    _check_pictures(save_svg, save_html, force)
 
 
 def output_mode(json_flag: bool) -> str:
