@@ -118,4 +118,4 @@ def test_a_full_disk_on_stdout_is_one_line(args):
         proc = subprocess.run([sys.executable, "-m", "llmcli", *args], stdout=full, stderr=subprocess.PIPE,
                               stdin=subprocess.DEVNULL, env=dict(os.environ, OMP_NUM_THREADS="1"), cwd=ROOT)
     line = one_line_error(proc, 1)
-    assert line == "error: No space left on device", line
+    assert line == "error: stdout: No space left on device", line
