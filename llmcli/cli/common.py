@@ -35,6 +35,30 @@ CtxSizeOpt = Annotated[Optional[int], typer.Option(
     show_default=False)]
 
 
+# Options shared by the commands that read a text (inspect, text, why).
+JsonOpt = Annotated[bool, typer.Option(
+    "--json", help="Print JSON instead of a table (its fields are described above).")]
+NoBosOpt = Annotated[bool, typer.Option(
+    "--no-bos", help="Add no special tokens (no BOS) before the text; by default the tokenizer's "
+                     "own rule decides (a tokenizer.json may add none).")]
+SpecialOpt = Annotated[bool, typer.Option(
+    "--special", help="Parse special-token text such as <|im_end|> or <s> as those tokens (like "
+                      "llama.cpp's --parse-special); by default it is plain text.")]
+TextPromptOpt = Annotated[Optional[str], typer.Option(
+    "-p", "--prompt", help="The text as an option (as llama.cpp's -p): the same as TEXT; give one "
+                           "or the other.", show_default=False)]
+SaveSvgOpt = Annotated[Optional[Path], typer.Option(
+    "--save-svg", help="Also draw the view as a self-contained SVG picture in this new file "
+                       "(atomically; an existing file needs --force).",
+    show_default=False, metavar="FILE.svg")]
+SaveHtmlOpt = Annotated[Optional[Path], typer.Option(
+    "--save-html", help="Also draw the view as a self-contained HTML page (inline CSS, no "
+                        "scripts) in this new file (atomically; an existing file needs --force).",
+    show_default=False, metavar="FILE.html")]
+PictureForceOpt = Annotated[bool, typer.Option(
+    "--force", help="With --save-svg/--save-html: replace the file if it exists (a regular file only).")]
+
+
 def resolve_model_dir(model: Path | None) -> Path:
     """``-m`` if given, else ``$LLMCLI_MODEL``, else the bundled default model.
 

@@ -13,41 +13,22 @@ from typing import Annotated, Any, List, Optional
 
 import typer
 
-from llmcli.cli.common import (CtxSizeOpt, DeviceOpt, DtypeOpt, ModelOpt, ThreadsOpt, check_range,
-                               context_phrase, pick_prompt, read_prompt, resolve_context,
-                               resolve_model_dir)
+from llmcli.cli.common import (CtxSizeOpt, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, NoBosOpt,
+                               PictureForceOpt, SaveHtmlOpt, SaveSvgOpt, SpecialOpt, TextPromptOpt,
+                               ThreadsOpt, check_range, context_phrase, pick_prompt, read_prompt,
+                               resolve_context, resolve_model_dir)
 from llmcli.cli.quant_option import QuantOpt
 from llmcli.cli.sampling_options import MinPOpt, RepeatPenaltyOpt, TopKOpt, TopPOpt
 from llmcli.errors import LLMCLIError, UsageError
 
 TextArg = Annotated[Optional[str], typer.Argument(
     help="Text to inspect; '-' or absent reads stdin (when piped).", show_default=False)]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of a table.")]
-NoBosOpt = Annotated[bool, typer.Option(
-    "--no-bos", help="Add no special tokens (no BOS) before the text; by default the tokenizer's "
-                     "own rule decides (a tokenizer.json may add none).")]
-SpecialOpt = Annotated[bool, typer.Option(
-    "--special", help="Parse special-token text such as <|im_end|> or <s> as those tokens (like "
-                      "llama.cpp's --parse-special); by default it is plain text.")]
 SaveOpt = Annotated[Optional[Path], typer.Option(
     "--save", help="Also write the full tensor to this new .safetensors file (atomically; an "
             "existing file needs --force).",
     show_default=False, metavar="FILE.safetensors")]
 ForceOpt = Annotated[bool, typer.Option(
     "--force", help="With --save: replace FILE if it exists (a regular file only).")]
-SaveSvgOpt = Annotated[Optional[Path], typer.Option(
-    "--save-svg", help="Also draw the view as a self-contained SVG picture in this new file "
-                       "(atomically; an existing file needs --force).",
-    show_default=False, metavar="FILE.svg")]
-SaveHtmlOpt = Annotated[Optional[Path], typer.Option(
-    "--save-html", help="Also draw the view as a self-contained HTML page (inline CSS, no "
-                        "scripts) in this new file (atomically; an existing file needs --force).",
-    show_default=False, metavar="FILE.html")]
-PictureForceOpt = Annotated[bool, typer.Option(
-    "--force", help="With --save-svg/--save-html: replace the file if it exists (a regular file only).")]
-TextPromptOpt = Annotated[Optional[str], typer.Option(
-    "-p", "--prompt", help="The text as an option (as llama.cpp's -p): the same as TEXT; give one "
-                           "or the other.", show_default=False)]
 RowsOpt = Annotated[int, typer.Option(
     "-r", "--rows", metavar="N", help="How many candidates (table rows) to show.")]
 #: The old name of --rows (before --top-k existed here): accepted, not listed.

@@ -15,17 +15,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from llmcli.cli.common import DeviceOpt, DtypeOpt, ModelOpt, ThreadsOpt, context_field, read_prompt
+from llmcli.cli.common import (DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, NoBosOpt, PictureForceOpt,
+                               SaveHtmlOpt, SaveSvgOpt, SpecialOpt, TextPromptOpt, ThreadsOpt,
+                               context_field, read_prompt)
 from llmcli.cli.quant_option import QuantOpt
 from llmcli.errors import LLMCLIError, UsageError
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
-NoBosOpt = Annotated[bool, typer.Option(
-    "--no-bos", help="Add no special tokens (no BOS) before the text; by default the tokenizer's "
-                     "own rule decides.")]
-SpecialOpt = Annotated[bool, typer.Option(
-    "--special", help="Parse special-token text such as <|im_end|> as those tokens (llama.cpp's "
-                      "--parse-special); by default it is plain text.")]
 ContextOpt = Annotated[Optional[int], typer.Option(
     "-c", "--context", "--ctx-size",
     help="Tokens per window C (default: 512, or the model's context if smaller).",
@@ -281,9 +276,7 @@ def score_command(
     file: Annotated[Optional[Path], typer.Option(
         "-f", "--file", help="Read the text from this file (UTF-8) instead.", show_default=False,
         metavar="FILE")] = None,
-    prompt_opt: Annotated[Optional[str], typer.Option(
-        "-p", "--prompt", help="The text as an option (as llama.cpp's -p): the same as TEXT; give "
-                               "one or the other.", show_default=False)] = None,
+    prompt_opt: TextPromptOpt = None,
     model: ModelOpt = None,
     color_by: Annotated[str, typer.Option(
         "--color-by", help="Colour tokens by rank (GLTR's buckets: top-1, top-10, top-100, "
@@ -294,13 +287,9 @@ def score_command(
     context: ContextOpt = None,
     stride: StrideOpt = None,
     batch: BatchOpt = 512,
-    save_svg: Annotated[Optional[Path], typer.Option(
-        "--save-svg", help="Also write the coloured text as a self-contained SVG file.",
-        show_default=False, metavar="FILE")] = None,
-    save_html: Annotated[Optional[Path], typer.Option(
-        "--save-html", help="Also write the coloured text as a self-contained HTML file.",
-        show_default=False, metavar="FILE")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace existing --save-* files.")] = False,
+    save_svg: SaveSvgOpt = None,
+    save_html: SaveHtmlOpt = None,
+    force: PictureForceOpt = False,
     no_bos: NoBosOpt = False,
     special: SpecialOpt = False,
     json_out: JsonOpt = False,
@@ -418,12 +407,9 @@ def _check_pictures(save_svg: Path | None, save_html: Path | None, force: bool) 
 def _save_pictures(spans, summary, color_by: str, save_svg, save_html, force: bool,
                    source: str) -> None:
     from llmcli.cli.inspect import _note
+    from llmcli.render import pictures as P
     from llmcli.render.score import score_figure
 
-    try:
-        from llmcli.render import pictures as P
-    except ImportError:  # pragma: no cover - the module ships with llmcli
-        raise LLMCLIError("--save-svg/--save-html: llmcli.render.pictures is missing") from None
     P.save_pictures(score_figure(spans, summary, color_by, source), save_svg, save_html,
                     force=force, note=_note)
 

@@ -14,30 +14,14 @@ from typing import Annotated, Any, List, Optional
 
 import typer
 
-from llmcli.cli.common import (DeviceOpt, DtypeOpt, ModelOpt, ThreadsOpt, pick_prompt, read_prompt,
-                               resolve_model_dir)
+from llmcli.cli.common import (DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, NoBosOpt, PictureForceOpt,
+                               SaveHtmlOpt, SaveSvgOpt, SpecialOpt, TextPromptOpt, ThreadsOpt,
+                               pick_prompt, read_prompt, resolve_model_dir)
 from llmcli.errors import LLMCLIError, UsageError
 
 TextArg = Annotated[Optional[str], typer.Argument(
     help="Text whose next-token prediction is explained; '-' or absent reads stdin (when piped).",
     show_default=False)]
-TextPromptOpt = Annotated[Optional[str], typer.Option(   # as generate's, topk's, trace's -p
-    "-p", "--prompt", help="The text as an option (as llama.cpp's -p): the same as TEXT; give one "
-                           "or the other.", show_default=False)]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-NoBosOpt = Annotated[bool, typer.Option(
-    "--no-bos", help="Add no special tokens (no BOS) before the text; by default the tokenizer's "
-                     "own rule decides.")]
-SpecialOpt = Annotated[bool, typer.Option(
-    "--special", help="Parse special-token text such as <|im_end|> as those tokens (like llama.cpp's "
-                      "--parse-special).")]
-SaveSvgOpt = Annotated[Optional[Path], typer.Option(
-    "--save-svg", help="Also write the view as a self-contained SVG picture to this new file.",
-    metavar="FILE.svg", show_default=False)]
-SaveHtmlOpt = Annotated[Optional[Path], typer.Option(
-    "--save-html", help="Also write the view as a self-contained HTML page to this new file.",
-    metavar="FILE.html", show_default=False)]
-ForceOpt = Annotated[bool, typer.Option("--force", help="With --save-*: replace an existing file.")]
 
 
 # ----------------------------------------------------------------------------- loading
@@ -131,7 +115,7 @@ def attribute_command(
     ] = "unk",
     save_svg: SaveSvgOpt = None,
     save_html: SaveHtmlOpt = None,
-    force: ForceOpt = False,
+    force: PictureForceOpt = False,
     no_bos: NoBosOpt = False,
     special: SpecialOpt = False,
     json_out: JsonOpt = False,
@@ -242,7 +226,7 @@ def compare_command(
         show_default=False)] = None,
     save_svg: SaveSvgOpt = None,
     save_html: SaveHtmlOpt = None,
-    force: ForceOpt = False,
+    force: PictureForceOpt = False,
     no_bos: NoBosOpt = False,
     special: SpecialOpt = False,
     json_out: Annotated[bool, typer.Option(
