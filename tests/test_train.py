@@ -562,7 +562,8 @@ def test_train_stays_within_a_tiny_budget_and_the_eta_follows_it(tmp_path, monke
     budget = 0.07 * 60
     start = time.monotonic()
     rc, _, stderr = _main(monkeypatch, capsys, "train", corpus, "-o", tmp_path / "out", *QUICK,
-                          "--max-steps", "100000", "--eval-interval", "100", "--max-minutes", "0.07")
+                          "--max-steps", "100000", "--eval-interval", "100", "--max-minutes", "0.07",
+                          "--patience", "1000000")  # a fast CPU would otherwise stop early
     end = time.monotonic()
     wall = end - start
     assert rc == 0, stderr
