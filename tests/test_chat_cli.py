@@ -370,7 +370,13 @@ def test_terminal_session(tmp_path, chat_dir):
         assert first.replace("\r\n", "\n") in shown
         term.send("/reset\n")
         assert "[conversation cleared]" in term.read_until("> ")
-        term.send("half a line\x03")  # Ctrl-C at the prompt drops the line
+        # Ctrl-C at the prompt drops the line. Sent once the line's echo shows that input() is
+        # reading: a SIGINT that lands after the prompt is printed but before readline's select()
+        # starts is only seen at the next key (CPython's readline loop), so the session would
+        # wait for one (the terminal driver flushes the typed line on ^C).
+        term.send("half a line")
+        term.read_until("half a line")
+        term.send("\x03")
         term.read_until("> ")
         term.send("Hi\n")
         assert first in term.read_until("> ")  # same reply: the history was cleared
