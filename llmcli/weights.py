@@ -44,6 +44,11 @@ def weight_files(model_dir: Path) -> list[Path]:
         return files
     if single.is_file():
         return [single]
+    for path in (index, single):
+        if path.exists() or path.is_symlink():
+            what = "a directory" if path.is_dir() else ("a broken link" if not path.exists()
+                                                        else "not a regular file")
+            raise LLMCLIError(f"{path}: {what}, not a safetensors file")
     pickled = [p.name for p in model_dir.glob("*.bin")] + [p.name for p in model_dir.glob("*.pt*")]
     if pickled:
         raise LLMCLIError(f"{model_dir}: only pickled weights ({', '.join(sorted(pickled))}); "

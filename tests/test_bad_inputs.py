@@ -374,3 +374,22 @@ def test_the_same_picture_path_twice_is_refused_before_any_work(cli, tmp_path, m
         one_line_error(cli(*command, "--save-svg", "same.svg", "--save-html", tmp_path / "same.svg", *force),
                        2, "--save-svg and --save-html", "two different files")
         assert list(tmp_path.iterdir()) == []
+
+
+def test_weights_or_tokenizer_that_are_not_files_are_named(cli, tmp_path):
+    """model.safetensors that is a directory (said "no model.safetensors"), and convert's
+    --tokenizer given a device (said "tokenizer file not found")."""
+    import shutil
+
+    model = tmp_path / "m"
+    shutil.copytree(MODEL, model, ignore=shutil.ignore_patterns("model.safetensors"))
+    (model / "model.safetensors").mkdir()
+    code, out, err = cli("logits", "-m", model, "ROMEO:")
+    assert code == 1 and out == "" and "Traceback" not in err, err
+    assert err.strip().splitlines() == [f"error: {model / 'model.safetensors'}: a directory, not a safetensors file"]
+
+    from llmcli.convert.sp_model import load_tokenizer_file
+    from llmcli.errors import LLMCLIError
+
+    with pytest.raises(LLMCLIError, match="^/dev/zero: not a regular file"):
+        load_tokenizer_file(Path("/dev/zero"))

@@ -136,7 +136,8 @@ def load_tokenizer_file(path: Path) -> tuple[bytes, int]:
 
     path = Path(path)
     if not path.is_file():
-        raise LLMCLIError(f"{path}: tokenizer file not found")
+        raise LLMCLIError(f"{path}: " + ("not a regular file (a directory or a device)"
+                                         if path.exists() else "tokenizer file not found"))
     data = path.read_bytes()
     sp = spm.SentencePieceProcessor()
     try:
