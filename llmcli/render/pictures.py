@@ -65,6 +65,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from llmcli.render import clip as _clip
+from llmcli.render import text_width as cells  # terminal cells: the same count as the terminal views
+
 __all__ = ["BarRow", "BarsPanel", "CELL_PX", "FONT_PX", "Figure", "GridPanel", "NotePanel",
            "Scale", "StripPanel", "StripToken", "check_picture_path", "heat_rgb", "heat_scale",
            "picture_text", "probability_scale", "rank_scale", "save_figure", "save_pictures",
@@ -84,17 +87,6 @@ FORMATS = ("svg", "html")
 
 
 # ----------------------------------------------------------------------------- text
-def _cell_width(ch: str) -> int:
-    if unicodedata.combining(ch):
-        return 0
-    return 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
-
-
-def cells(s: str) -> int:
-    """Terminal cells taken by ``s`` (wide East Asian characters 2, combining marks 0)."""
-    return sum(_cell_width(ch) for ch in s)
-
-
 def picture_text(s: str, newline: str = "\\n") -> str:
     """``s`` safe for XML 1.0 and readable: control and format characters shown as escapes
     (``\\t``, ``\\x1b``, ``\\u200b``), ``"\\n"`` as ``newline``, lone surrogates as ``\\udXXX``
@@ -114,19 +106,6 @@ def picture_text(s: str, newline: str = "\\n") -> str:
         else:
             out.append(ch)
     return "".join(out)
-
-
-def _clip(s: str, width: int) -> str:
-    if cells(s) <= width:
-        return s
-    out, w = [], 0
-    for ch in s:
-        cw = _cell_width(ch)
-        if w + cw > width - 1:
-            break
-        out.append(ch)
-        w += cw
-    return "".join(out) + "…"
 
 
 def _esc(s: str) -> str:
