@@ -141,3 +141,33 @@ def tiny_tokenizer_model(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("spm") / "tokenizer.model"
     path.write_bytes(buf.getvalue())
     return path
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """Run ``llmcli ARGS`` in-process (``llmcli.cli.app.main``) → ``(exit code, stdout,
+    stderr)``. ``stdin`` is the text on standard input; ``stdout=`` replaces sys.stdout (e.g. a
+    pipe whose reader went away). What was captured before the call (transformers' progress
+    bars) is dropped; ``$LLMCLI_MODEL`` and ``$LLMCLI_DEBUG`` are unset for the run."""
+    import io
+    import sys
+
+    from llmcli.cli.app import main
+
+    def run(*args, stdin: str = "", stdout=None):
+        capsys.readouterr()
+        monkeypatch.setattr(sys, "argv", ["llmcli", *map(str, args)])
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+        if stdout is not None:
+            monkeypatch.setattr(sys, "stdout", stdout)
+        monkeypatch.delenv("LLMCLI_MODEL", raising=False)
+        monkeypatch.delenv("LLMCLI_DEBUG", raising=False)
+        code = 0
+        try:
+            main()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

@@ -13,7 +13,6 @@ import copy
 import io
 import json
 import shutil
-import sys
 import warnings
 from pathlib import Path
 
@@ -89,24 +88,6 @@ def worst(doc: dict, values, scores) -> float:
 
 
 # ----------------------------------------------------------------------------- fixtures
-@pytest.fixture
-def cli(monkeypatch, capsys):
-    """Run ``llmcli ARGS`` in-process → ``(exit code, stdout, stderr)``."""
-    from llmcli.cli.app import main
-
-    def run(*args):
-        capsys.readouterr()          # drop what came before (transformers' progress bars)
-        monkeypatch.setattr(sys, "argv", ["llmcli", *map(str, args)])
-        monkeypatch.setattr(sys, "stdin", io.StringIO(""))
-        code = 0
-        try:
-            main()
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
 
 
 @pytest.fixture(scope="module")

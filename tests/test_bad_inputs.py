@@ -11,36 +11,12 @@ In-process (``llmcli.cli.app.main``) on the bundled model; no subprocess.
 from __future__ import annotations
 
 import io
-import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = REPO / "models" / "shakespeare"
-
-
-@pytest.fixture
-def cli(monkeypatch, capsys):
-    """Run ``llmcli ARGS`` in-process → ``(exit code, stdout, stderr)``; ``stdout=`` replaces
-    sys.stdout (e.g. a pipe whose reader went away)."""
-    from llmcli.cli.app import main
-
-    def run(*args: str, stdin: str = "", stdout=None):
-        monkeypatch.setattr(sys, "argv", ["llmcli", *map(str, args)])
-        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-        if stdout is not None:
-            monkeypatch.setattr(sys, "stdout", stdout)
-        monkeypatch.delenv("LLMCLI_MODEL", raising=False)
-        code = 0
-        try:
-            main()
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
 
 
 def one_line_error(result, code: int, *needles: str) -> str:

@@ -11,7 +11,6 @@ In-process (``llmcli.cli.app.main``) on the bundled model unless a subprocess is
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -28,27 +27,6 @@ REPO = Path(__file__).resolve().parents[1]
 MODEL = REPO / "models" / "shakespeare"
 #: When this module was imported: the test process is at least this old at any later time.
 IMPORTED = time.perf_counter()
-
-
-
-@pytest.fixture
-def cli(monkeypatch, capsys):
-    """Run ``llmcli ARGS`` in-process → ``(exit code, stdout, stderr)``."""
-    from llmcli.cli.app import main
-
-    def run(*args: str, stdin: str = ""):
-        monkeypatch.setattr(sys, "argv", ["llmcli", *map(str, args)])
-        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-        monkeypatch.delenv("LLMCLI_MODEL", raising=False)
-        code = 0
-        try:
-            main()
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
 
 
 def one_line_error(result, code: int, *needles: str) -> str:

@@ -29,24 +29,6 @@ KL_ATOL = 2e-5
 
 
 # ----------------------------------------------------------------------------- helpers
-@pytest.fixture
-def cli(monkeypatch, capsys):
-    """Run ``llmcli ARGS`` in-process → ``(exit code, stdout, stderr)``."""
-    from llmcli.cli.app import main
-
-    def run(*args, stdin=""):
-        capsys.readouterr()          # drop what came before (transformers' progress bars)
-        monkeypatch.setattr(sys, "argv", ["llmcli", *map(str, args)])
-        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-        code = 0
-        try:
-            main()
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
 
 
 def hf_model(path):

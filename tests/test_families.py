@@ -286,28 +286,6 @@ CLI_CASES = ["mistral_window", "qwen2_tied_window", "qwen3_bias_tied_window", "g
 PROMPT = "Once upon a time there was a little girl"
 
 
-@pytest.fixture
-def cli(monkeypatch, capsys):
-    """Run ``llmcli ARGS`` in-process → ``(exit code, stdout, stderr)``."""
-    import io
-    import sys
-
-    from llmcli.cli.app import main
-
-    def run(*args):
-        monkeypatch.setattr(sys, "argv", ["llmcli", *map(str, args)])
-        monkeypatch.setattr(sys, "stdin", io.StringIO(""))
-        code = 0
-        try:
-            main()
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
-
-
 @pytest.mark.parametrize("case", CLI_CASES)
 @torch.no_grad()
 def test_every_command_runs_on_each_family(tmp_path, tiny_tokenizer_model, cli, case):

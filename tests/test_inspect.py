@@ -84,25 +84,6 @@ def hf_eager(tiny):
     return m.eval()
 
 
-@pytest.fixture
-def cli(monkeypatch, capsys):
-    """Run ``llmcli ARGS`` in-process → ``(exit code, stdout, stderr)``."""
-    from llmcli.cli.app import main
-
-    def run(*args: str, stdin: str = ""):
-        monkeypatch.setattr(sys, "argv", ["llmcli", *map(str, args)])
-        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-        code = 0
-        try:
-            main()
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
-
-
 def _ids(tok: Tokenizer, text: str = TEXT) -> list[int]:
     return tok.encode(text)
 

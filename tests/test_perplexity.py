@@ -20,7 +20,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -35,25 +34,6 @@ TEXT = ("ROMEO:\nBut soft, what light through yonder window breaks?\nIt is the e
         "with grief,\nThat thou her maid art far more fair than she.\n\nJULIET:\nO Romeo, Romeo! "
         "wherefore art thou Romeo?\nDeny thy father and refuse thy name;\nOr, if thou wilt not, "
         "be but sworn my love,\nAnd I'll no longer be a Capulet.\n")
-
-
-@pytest.fixture
-def cli(monkeypatch, capsys):
-    """Run ``llmcli ARGS`` in-process (stdin = ``stdin``) → ``(exit code, stdout, stderr)``."""
-    from llmcli.cli.app import main
-
-    def run(*args, stdin: str = ""):
-        monkeypatch.setattr(sys, "argv", ["llmcli", *map(str, args)])
-        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-        code = 0
-        try:
-            main()
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
 
 
 @pytest.fixture(scope="module")

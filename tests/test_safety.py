@@ -34,24 +34,6 @@ TEXT = "Once upon a time there was a little girl"
 
 
 # ----------------------------------------------------------------------------- helpers
-@pytest.fixture
-def cli(monkeypatch, capsys):
-    """Run ``llmcli ARGS`` in-process → ``(exit code, stdout, stderr)``."""
-    from llmcli.cli.app import main
-
-    def run(*args, stdin: str = ""):
-        monkeypatch.setattr(sys, "argv", ["llmcli", *map(str, args)])
-        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-        monkeypatch.delenv("LLMCLI_DEBUG", raising=False)
-        code = 0
-        try:
-            main()
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
 
 
 def one_line_error(result, code: int, *parts: str) -> str:

@@ -6,7 +6,6 @@ against whole decode; the CLI on a directory holding only tokenizer files.
 
 from __future__ import annotations
 
-import io
 import json
 import random
 import shutil
@@ -440,23 +439,6 @@ def test_stream_equals_decode_for_the_converted_sentencepiece(both, seed):
 
 
 # ----------------------------------------------------------------------------- CLI
-@pytest.fixture
-def cli(monkeypatch, capsys):
-    """Run ``llmcli ARGS`` in-process → ``(exit code, stdout, stderr)``."""
-    from llmcli.cli.app import main
-
-    def run(*args: str, stdin: str = ""):
-        monkeypatch.setattr(sys, "argv", ["llmcli", *map(str, args)])
-        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-        code = 0
-        try:
-            main()
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
 
 
 @pytest.fixture
