@@ -326,3 +326,19 @@ def test_help_has_examples_and_fits_80_columns(cli, monkeypatch, command):
     code, out, err = cli(command, "--help")
     assert code == 0 and "Examples:" in out and f"llmcli {command} " in out, err
     assert max(len(line) for line in out.splitlines()) <= 80
+
+
+def test_inference_mode_is_not_left_on_between_pieces(bundled):
+    """run_windows is a generator: torch's inference mode must not stay on for the caller's
+    code while it is suspended (compare once left it on, and a later attribute had no
+    gradients)."""
+    import torch
+
+    from llmcli.inspection.perplexity import run_windows, sliding_windows
+    from llmcli.weights import load_model
+
+    ids = bundled[2][:40]
+    model, _ = load_model(BUNDLED)
+    states = [torch.is_inference_mode_enabled()
+              for _ in run_windows(model, ids, sliding_windows(len(ids), 16, 8), batch=4)]
+    assert len(states) > 1 and not any(states)

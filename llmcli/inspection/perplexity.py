@@ -139,36 +139,39 @@ def run_windows(model, ids: list[int], windows: list[Window], batch: int = DEFAU
     total = sum(w.scored for w in windows)
     done = 0
     device = model.device
-    with torch.inference_mode():
-        for w in windows:
-            local = list(ids[w.start:w.end])
-            if w.bos:
-                if bos_id is None:
-                    raise ValueError("a window asks for BOS but the tokenizer has none")
-                local[0] = bos_id
-            x = torch.tensor([local], dtype=torch.long, device=device)
-            a = w.first - w.start              # local index of the first scored token (>= 1)
-            W = len(local)
-            cache = model.new_cache(1, max_len=W)
-            pos = 0
-            while pos < a - 1:                 # history only: no logits needed
-                stop = min(pos + batch, a - 1)
+    # inference mode around each forward, never held across a yield (a suspended generator
+    # would leave it on for the caller's code, as compare once did)
+    for w in windows:
+        local = list(ids[w.start:w.end])
+        if w.bos:
+            if bos_id is None:
+                raise ValueError("a window asks for BOS but the tokenizer has none")
+            local[0] = bos_id
+        x = torch.tensor([local], dtype=torch.long, device=device)
+        a = w.first - w.start              # local index of the first scored token (>= 1)
+        W = len(local)
+        cache = model.new_cache(1, max_len=W)
+        pos = 0
+        while pos < a - 1:                 # history only: no logits needed
+            stop = min(pos + batch, a - 1)
+            with torch.inference_mode():
                 model(x[:, pos:stop], cache=cache, last_only=True)
-                pos = stop
-            while pos < W - 1:                 # logits at local pos predict token pos + 1
-                stop = min(pos + batch, W - 1)
-                logits = model(x[:, pos:stop], cache=cache)[0].float()        # (P, V)
+            pos = stop
+        while pos < W - 1:                 # logits at local pos predict token pos + 1
+            stop = min(pos + batch, W - 1)
+            with torch.inference_mode():
+                logits = model(x[:, pos:stop], cache=cache)[0].float()    # (P, V)
                 try:
                     require_finite(model, local[:stop], logits, first_position=pos)
                 except NonFiniteError as exc:
                     raise NonFiniteError(f"{exc} (in the window of text tokens "
                                          f"{w.start}..{w.end - 1})") from None
-                yield (range(w.start + pos + 1, w.start + stop + 1), logits,
-                       x[0, pos + 1:stop + 1])
-                done += stop - pos
-                if on_progress is not None:
-                    on_progress(done, total)
-                pos = stop
+            yield (range(w.start + pos + 1, w.start + stop + 1), logits,
+                   x[0, pos + 1:stop + 1])
+            done += stop - pos
+            if on_progress is not None:
+                on_progress(done, total)
+            pos = stop
 
 
 def target_logprobs(logits, targets):
